@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""The project's task runner; needs nothing but Python 3.11+.
+
+    python3 dev.py serve [studio serve options]   install into .venv if needed, then serve
+    python3 dev.py test [pytest options]          every check: codegen freshness, ruff, mypy,
+                                                  buf lint, then the pytest suite
+    python3 dev.py generate                       regenerate generated/ from protos/
+    python3 dev.py lock                           re-pin transitive dependencies (requirements.lock)
+
+It is the "Makefile" of the project, written in Python so that a fresh machine with only
+Python needs nothing else. It uses the standard library alone: it runs before the venv exists.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+PY = BIN / "python"
+STAMP = VENV / ".studio-install-stamp"
+LOCK = ROOT / "requirements.lock"
+GENERATED_PY = ROOT / "generated" / "python"
+PROTO_ROOT = ROOT / "protos"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(VENV)
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+def _run(*cmd: str | Path, check: bool = True) -> int:
+    return subprocess.run([str(c) for c in cmd], cwd=ROOT, env=_env(), check=check).returncode
+
+
+def ensure_venv() -> None:
+    """Create .venv and install the pinned dependencies when they changed since last time."""
+    want = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + (LOCK.read_bytes() if LOCK.exists() else b"")
+    ).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == want and PY.exists():
+        return
+    if not PY.exists():
+        print("dev: creating .venv", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    print("dev: installing pinned dependencies into .venv", file=sys.stderr)
+    constraints = ["-c", str(LOCK)] if LOCK.exists() else []
+    _run(
+        PY,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        *constraints,
+        "-e",
+        f"{ROOT}[dev]",
+    )
+    STAMP.write_text(want)
+
+
+def _proto_files() -> list[str]:
+    files = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "studio").rglob("*.proto"))
+    return [*files, "buf/validate/validate.proto"]
+
+
+def generate_into(out: Path) -> None:
+    """Generate messages, gRPC stubs and mypy stubs for our protos (and validate.proto)."""
+    out.mkdir(parents=True, exist_ok=True)
+    _run(
+        PY,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_out=quiet:{out}",
+        f"--mypy_grpc_out=quiet:{out}",
+        *_proto_files(),
+    )
+    # protoc writes no __init__.py; setuptools and mypy want regular packages.
+    for module in out.rglob("*.py"):
+        for package in module.parents:
+            if package == out:
+                break
+            (package / "__init__.py").touch()
+
+
+def generate() -> int:
+    ensure_venv()
+    if GENERATED_PY.exists():
+        shutil.rmtree(GENERATED_PY)
+    generate_into(GENERATED_PY)
+    print(f"dev: generated {GENERATED_PY.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+def _tree_diff(a: Path, b: Path) -> list[str]:
+    def files(root: Path) -> set[str]:
+        return {
+            str(p.relative_to(root))
+            for p in root.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+
+    fa, fb = files(a), files(b)
+    changed = [f for f in sorted(fa & fb) if not filecmp.cmp(a / f, b / f, shallow=False)]
+    return sorted(fa ^ fb) + changed
+
+
+def check_generated_fresh() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp) / "python"
+        generate_into(fresh)
+        stale = _tree_diff(fresh, GENERATED_PY)
+    if stale:
+        print(
+            "generated/ is stale; run `python3 dev.py generate` and commit. Differs:",
+            *stale,
+            sep="\n  ",
+            file=sys.stderr,
+        )
+        return 1
+    print("generated/ is fresh", file=sys.stderr)
+    return 0
+
+
+def test(pytest_args: list[str]) -> int:
+    ensure_venv()
+    checks: list[tuple[str, list[str | Path]]] = [
+        ("ruff", [BIN / "ruff", "check", "."]),
+        ("ruff format", [BIN / "ruff", "format", "--check", "--quiet", "."]),
+        ("mypy --strict", [BIN / "mypy"]),
+        ("buf lint", [BIN / "buf", "lint"]),
+    ]
+    failed = []
+    if check_generated_fresh() != 0:
+        failed.append("generated freshness")
+    for name, cmd in checks:
+        print(f"dev: {name}", file=sys.stderr, flush=True)
+        if _run(*cmd, check=False) != 0:
+            failed.append(name)
+    rc = _run(PY, "-m", "pytest", *pytest_args, check=False)
+    if failed:
+        print(f"dev: FAILED checks: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return rc
+
+
+def lock() -> int:
+    """Freeze the full resolved set (transitive included) as constraints for the next install."""
+    ensure_venv()
+    out = subprocess.run(
+        [str(PY), "-m", "pip", "freeze", "--exclude-editable"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=_env(),
+    ).stdout
+    LOCK.write_text("# Generated by `python3 dev.py lock`; used as pip constraints.\n" + out)
+    STAMP.unlink(missing_ok=True)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(__doc__)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "serve":
+        ensure_venv()
+        os.execve(BIN / "studio", [str(BIN / "studio"), "serve", *rest], _env())
+    if cmd == "studio":
+        ensure_venv()
+        os.execve(BIN / "studio", [str(BIN / "studio"), *rest], _env())
+    if cmd == "test":
+        return test(rest)
+    if cmd == "generate":
+        return generate()
+    if cmd == "lock":
+        return lock()
+    print(f"dev: unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
