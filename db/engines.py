@@ -1,0 +1,23 @@
+"""SQLAlchemy async engines over psycopg 3, built from libpq connection strings."""
+
+from __future__ import annotations
+
+import psycopg
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+__all__ = ["create_engine_for"]
+
+
+def create_engine_for(conninfo: str, *, pool_size: int = 5, max_overflow: int = 0) -> AsyncEngine:
+    """An engine whose connections come from `conninfo` (URL or key=value form)."""
+
+    async def connect() -> psycopg.AsyncConnection[tuple[object, ...]]:
+        return await psycopg.AsyncConnection.connect(conninfo)
+
+    return create_async_engine(
+        "postgresql+psycopg://",
+        async_creator=connect,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=False,
+    )

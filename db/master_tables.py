@@ -1,0 +1,84 @@
+"""Master database tables: organizations, their API keys, and where their data lives."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+from db._naming import new_metadata
+
+__all__ = ["API_KEY_ROLES", "api_keys", "master_metadata", "organizations", "tenant_databases"]
+
+master_metadata = new_metadata()
+NOW = text("now()")
+API_KEY_ROLES = ("admin", "member", "read_only")
+
+organizations = Table(
+    "organizations",
+    master_metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("slug", String(63), nullable=False, unique=True),
+    Column("is_active", Boolean, nullable=False, server_default=text("true")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    CheckConstraint("slug ~ '^[a-z0-9]+(-[a-z0-9]+)*$'", name="slug"),
+    CheckConstraint("name <> ''", name="name"),
+)
+
+api_keys = Table(
+    "api_keys",
+    master_metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column(
+        "organization_id",
+        BigInteger,
+        ForeignKey("organizations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", String(100), nullable=False, server_default=""),
+    Column("key_prefix", String(32), nullable=False, unique=True),
+    Column("key_sha256", LargeBinary, nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Column("revoked_at", DateTime(timezone=True)),
+    CheckConstraint(f"role IN {API_KEY_ROLES!r}", name="role"),
+    CheckConstraint("length(key_sha256) = 32", name="key_sha256"),
+    Index(None, "organization_id"),
+)
+
+tenant_databases = Table(
+    "tenant_databases",
+    master_metadata,
+    Column(
+        "organization_id",
+        BigInteger,
+        ForeignKey("organizations.id", ondelete="RESTRICT"),
+        primary_key=True,
+    ),
+    # NULL: the master's own server. Otherwise a libpq URL without a database name.
+    Column("server_url", Text),
+    Column("database_name", String(63), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    UniqueConstraint(
+        "server_url",
+        "database_name",
+        name="tenant_databases_server_database_key",
+        postgresql_nulls_not_distinct=True,
+    ),
+    CheckConstraint("database_name ~ '^[a-z_][a-z0-9_]*$'", name="database_name"),
+)

@@ -1,0 +1,1 @@
+"""The gRPC service: bootstrap, routers of procedures, middleware, and the `studio` CLI."""

@@ -1,0 +1,74 @@
+"""Running `studio serve` as a real process, the way a user or an orchestrator does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STUDIO = str(Path(sys.executable).parent / "studio")
+READY = "serving gRPC on "
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    port: int = 0
+    output: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM, then the exit code (the output is complete once this returns)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        if self.reader is not None:
+            self.reader.join(timeout)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return code
+
+
+def start_serve(
+    data_dir: Path, *extra: str, master_url: str | None = None, timeout: float = 120
+) -> ServerProcess:
+    """Start `studio serve --port 0` and wait until it prints the port it listens on."""
+    env = {k: v for k, v in os.environ.items() if k != "STUDIO_DATABASE_URL"}
+    if master_url:
+        env["STUDIO_DATABASE_URL"] = master_url
+    process = subprocess.Popen(
+        [STUDIO, "serve", "--port", "0", "--data-dir", str(data_dir), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    server = ServerProcess(process)
+    ready = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            server.output.append(line)
+            if line.startswith(READY):
+                server.port = int(line.rsplit(":", 1)[1])
+                ready.set()
+
+    server.reader = threading.Thread(target=read, daemon=True)
+    server.reader.start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.1):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            server.terminate()
+            raise RuntimeError("studio serve did not start:\n" + "".join(server.output))
+    return server
