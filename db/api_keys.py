@@ -9,14 +9,25 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, insert, select, update
 
-from db.master_tables import api_keys, organizations
+from db.master_tables import api_keys, organizations, tenant_databases
+from db.tenant_catalog import TenantLocation
 
 if TYPE_CHECKING:
     from datetime import datetime
 
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["ApiKeyInfo", "NewApiKey", "create_key", "list_keys", "new_api_key", "revoke_key"]
+__all__ = [
+    "ApiKeyInfo",
+    "KeyRecord",
+    "NewApiKey",
+    "create_key",
+    "find_key",
+    "list_keys",
+    "new_api_key",
+    "parse_prefix",
+    "revoke_key",
+]
 
 KEY_PREFIX = "sk_"
 
@@ -37,6 +48,54 @@ class ApiKeyInfo:
     role: str
     created_at: datetime
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What authenticating a key needs: its hash, its role, and the studio it opens."""
+
+    key_sha256: bytes
+    role: str
+    revoked: bool
+    active_organization: bool
+    tenant: TenantLocation
+
+
+def parse_prefix(plaintext: str) -> str | None:
+    """The public prefix of a well-formed key, else None."""
+    if not plaintext.startswith(KEY_PREFIX):
+        return None
+    prefix, sep, secret = plaintext[len(KEY_PREFIX) :].partition("_")
+    if not sep or len(prefix) != 12 or not secret:
+        return None
+    return prefix
+
+
+async def find_key(conn: AsyncConnection, prefix: str) -> KeyRecord | None:
+    row = (
+        await conn.execute(
+            select(
+                api_keys.c.key_sha256,
+                api_keys.c.role,
+                api_keys.c.revoked_at.is_not(None),
+                organizations.c.is_active,
+                organizations.c.id,
+                organizations.c.slug,
+                tenant_databases.c.server_url,
+                tenant_databases.c.database_name,
+            )
+            .join(organizations, organizations.c.id == api_keys.c.organization_id)
+            .join(tenant_databases, tenant_databases.c.organization_id == organizations.c.id)
+            .where(api_keys.c.key_prefix == prefix)
+        )
+    ).first()
+    if row is None:
+        return None
+    sha, role, revoked, active, org_id, slug, server_url, database_name = row
+    return KeyRecord(
+        bytes(sha), role, bool(revoked), bool(active),
+        TenantLocation(org_id, slug, server_url, database_name),
+    )  # fmt: skip
 
 
 def new_api_key() -> NewApiKey:

@@ -8,7 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 __all__ = ["create_engine_for"]
 
 
-def create_engine_for(conninfo: str, *, pool_size: int = 5, max_overflow: int = 0) -> AsyncEngine:
+def create_engine_for(
+    conninfo: str, *, pool_size: int = 5, max_overflow: int = 0, pool_timeout: float = 30.0
+) -> AsyncEngine:
     """An engine whose connections come from `conninfo` (URL or key=value form)."""
 
     async def connect() -> psycopg.AsyncConnection[tuple[object, ...]]:
@@ -19,5 +21,6 @@ def create_engine_for(conninfo: str, *, pool_size: int = 5, max_overflow: int = 
         async_creator=connect,
         pool_size=pool_size,
         max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
         pool_pre_ping=False,
     )

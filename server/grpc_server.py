@@ -1,21 +1,42 @@
-"""The grpc.aio server: our services, standard health checking, and server reflection."""
+"""The grpc.aio server: our routers, standard health checking, and server reflection."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.pipeline import Pipeline, method_handlers
+
+if TYPE_CHECKING:
+    from server.router import Router
+
 __all__ = ["ServingServer", "start_server"]
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class ServingServer:
     def __init__(
-        self, server: grpc.aio.Server, health: health.aio.HealthServicer, port: int
+        self,
+        server: grpc.aio.Server,
+        health: health.aio.HealthServicer,
+        port: int,
+        services: list[str],
     ) -> None:
         self.server = server
         self.health = health
         self.port = port
+        self.services = services
+
+    async def set_serving(self, serving: bool) -> None:
+        """Health of the whole server ("") and of each API service."""
+        status = SERVING if serving else NOT_SERVING
+        for name in ["", *self.services]:
+            await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let in-flight ones finish within `grace` seconds."""
@@ -23,16 +44,29 @@ class ServingServer:
         await self.server.stop(grace)
 
 
-async def start_server(host: str, port: int) -> ServingServer:
+async def start_server(
+    host: str, port: int, pipeline: Pipeline, routers: tuple[Router, ...]
+) -> ServingServer:
     server = grpc.aio.server()
+    services = []
+    for router in routers:
+        name = router.service.full_name
+        handlers = method_handlers(pipeline, router.all())
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        server.add_registered_method_handlers(name, handlers)
+        services.append(name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_names = [
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        reflection.SERVICE_NAME,
-    ]
-    reflection.enable_server_reflection(service_names, server)
+    reflection.enable_server_reflection(
+        [
+            *services,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return ServingServer(server, health_servicer, bound)
+    serving = ServingServer(server, health_servicer, bound, services)
+    await serving.set_serving(True)
+    return serving

@@ -8,18 +8,28 @@ after this run (st_<run id>_...) and dropped at the end, so runs never share sta
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy import select
 
+from db.api_keys import create_key
+from db.engines import create_engine_for
 from db.local_postgres import LocalPostgres
+from db.master_tables import organizations
 from db.migrations.files import migrations_dir
+from db.migrations.fleet import run_one
 from db.tenant_catalog import with_database
+from db.tenants import provision_tenant
+from tests.api import Api
+from tests.serving import ServerProcess, start_serve
 
 RUN_ID = secrets.token_hex(3)
 MACHINE_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -108,3 +118,81 @@ def tenant_migrations(tmp_path: Path) -> Callable[..., Path]:
         return folder
 
     return copy
+
+
+@dataclass(frozen=True)
+class Tenant:
+    slug: str
+    key: str
+    url: str  # the tenant database, for checks behind the API's back
+
+
+class ApiServer:
+    """One `studio serve` process for the session, on its own master database."""
+
+    def __init__(self, master_url: str, server: ServerProcess) -> None:
+        self.master_url = master_url
+        self.server = server
+        self.address = server.address
+        self._count = 0
+
+    def new_tenant(self, label: str = "studio") -> Tenant:
+        self._count += 1
+        provisioned = asyncio.run(provision_tenant(self.master_url, name=f"{label} {self._count}"))
+        return Tenant(
+            provisioned.slug,
+            provisioned.api_key,
+            with_database(self.master_url, provisioned.database_name),
+        )
+
+    def new_key(self, tenant: Tenant, role: str) -> str:
+        async def make() -> str:
+            engine = create_engine_for(self.master_url, pool_size=1)
+            try:
+                async with engine.begin() as conn:
+                    org_id = await conn.scalar(
+                        select(organizations.c.id).where(organizations.c.slug == tenant.slug)
+                    )
+                    assert org_id is not None
+                    return await create_key(conn, organization_id=org_id, role=role)
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(make())
+
+    def api(self, key: str | None) -> Api:
+        return Api(self.address, key)
+
+
+@pytest.fixture(scope="session")
+def api_server(
+    databases: Databases, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    master_url = databases.create("api_master")
+    asyncio.run(run_one(master_url, "master", mode="up"))
+    server = start_serve(
+        tmp_path_factory.mktemp("serve"),
+        "--no-demo",
+        "--key-cache-seconds",
+        "0.2",
+        master_url=master_url,
+    )
+    try:
+        yield ApiServer(master_url, server)
+    finally:
+        server.terminate()
+
+
+@pytest.fixture(scope="session")
+def studio(api_server: ApiServer) -> Tenant:
+    """A studio shared by the tests that only create rows of their own."""
+    return api_server.new_tenant("shared")
+
+
+@pytest.fixture
+def api(api_server: ApiServer, studio: Tenant) -> Iterator[Api]:
+    client = api_server.api(studio.key)
+    try:
+        yield client
+    finally:
+        client.close()

@@ -9,9 +9,9 @@ import signal
 import sys
 from pathlib import Path
 
+from server.app import start_app
 from server.cli._common import configured_database_url, default_data_dir
 from server.database_setup import ensure_demo_tenant, migrate_all, open_databases
-from server.grpc_server import start_server
 
 __all__ = ["add_parser"]
 
@@ -35,6 +35,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="local state (default: $STUDIO_DATA_DIR or ./.studio)",
     )
     parser.add_argument("--no-demo", action="store_true", help="do not provision a demo tenant")
+    parser.add_argument(
+        "--key-cache-seconds",
+        type=float,
+        default=5.0,
+        help="how long a key lookup is cached: the longest a revoked key keeps working",
+    )
     parser.add_argument(
         "--skip-migrations",
         action="store_true",
@@ -72,11 +78,16 @@ async def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        serving = await start_server(args.host, args.port)
-        print(f"serving gRPC on {args.host}:{serving.port}", flush=True)
+        app = await start_app(
+            databases.master_url,
+            host=args.host,
+            port=args.port,
+            key_cache_seconds=args.key_cache_seconds,
+        )
+        print(f"serving gRPC on {args.host}:{app.port}", flush=True)
         await stop.wait()
         log.info("shutting down: finishing in-flight calls (grace %.0fs)", args.grace)
-        await serving.stop(args.grace)
+        await app.stop(args.grace)
         return 0
     finally:
         databases.close()

@@ -97,7 +97,8 @@ class ClientServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteClient(self, request, context):
-        """Deletes a client. FAILED_PRECONDITION (CLIENT_IN_USE) while projects or sessions use it.
+        """Deletes a client. FAILED_PRECONDITION (CLIENT_HAS_PROJECTS, CLIENT_HAS_SESSIONS) while
+        projects or sessions refer to it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

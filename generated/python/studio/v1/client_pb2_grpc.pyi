@@ -44,7 +44,9 @@ class ClientServiceStub:
     UpdateClient: _grpc.UnaryUnaryMultiCallable[_client_pb2.UpdateClientRequest, _client_pb2.UpdateClientResponse]
     """Updates a client (PATCH semantics through update_mask)."""
     DeleteClient: _grpc.UnaryUnaryMultiCallable[_client_pb2.DeleteClientRequest, _client_pb2.DeleteClientResponse]
-    """Deletes a client. FAILED_PRECONDITION (CLIENT_IN_USE) while projects or sessions use it."""
+    """Deletes a client. FAILED_PRECONDITION (CLIENT_HAS_PROJECTS, CLIENT_HAS_SESSIONS) while
+    projects or sessions refer to it.
+    """
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -62,7 +64,9 @@ class ClientServiceAsyncStub(ClientServiceStub):
     UpdateClient: _aio.UnaryUnaryMultiCallable[_client_pb2.UpdateClientRequest, _client_pb2.UpdateClientResponse]  # type: ignore[assignment]
     """Updates a client (PATCH semantics through update_mask)."""
     DeleteClient: _aio.UnaryUnaryMultiCallable[_client_pb2.DeleteClientRequest, _client_pb2.DeleteClientResponse]  # type: ignore[assignment]
-    """Deletes a client. FAILED_PRECONDITION (CLIENT_IN_USE) while projects or sessions use it."""
+    """Deletes a client. FAILED_PRECONDITION (CLIENT_HAS_PROJECTS, CLIENT_HAS_SESSIONS) while
+    projects or sessions refer to it.
+    """
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages the clients of the caller's studio: the people and companies who book sessions and
@@ -107,6 +111,8 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _client_pb2.DeleteClientRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_client_pb2.DeleteClientResponse, _abc.Awaitable[_client_pb2.DeleteClientResponse]]:
-        """Deletes a client. FAILED_PRECONDITION (CLIENT_IN_USE) while projects or sessions use it."""
+        """Deletes a client. FAILED_PRECONDITION (CLIENT_HAS_PROJECTS, CLIENT_HAS_SESSIONS) while
+        projects or sessions refer to it.
+        """
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -97,7 +97,8 @@ class ProjectServiceServicer:
 
     def DeleteProject(self, request, context):
         """Deletes a project. Its sessions are kept and unlinked. FAILED_PRECONDITION
-        (PROJECT_HAS_TRACKS) while it has tracks, unless force is set.
+        (PROJECT_HAS_TRACKS) while it has tracks, unless force is set;
+        (PROJECT_HAS_TIME_ENTRIES, TRACK_HAS_TIME_ENTRIES) while time is logged against it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,8 @@ class ProjectServiceStub:
     """Updates a project (PATCH semantics through update_mask)."""
     DeleteProject: _grpc.UnaryUnaryMultiCallable[_project_pb2.DeleteProjectRequest, _project_pb2.DeleteProjectResponse]
     """Deletes a project. Its sessions are kept and unlinked. FAILED_PRECONDITION
-    (PROJECT_HAS_TRACKS) while it has tracks, unless force is set.
+    (PROJECT_HAS_TRACKS) while it has tracks, unless force is set;
+    (PROJECT_HAS_TIME_ENTRIES, TRACK_HAS_TIME_ENTRIES) while time is logged against it.
     """
 
 @_typing.type_check_only
@@ -65,7 +66,8 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     """Updates a project (PATCH semantics through update_mask)."""
     DeleteProject: _aio.UnaryUnaryMultiCallable[_project_pb2.DeleteProjectRequest, _project_pb2.DeleteProjectResponse]  # type: ignore[assignment]
     """Deletes a project. Its sessions are kept and unlinked. FAILED_PRECONDITION
-    (PROJECT_HAS_TRACKS) while it has tracks, unless force is set.
+    (PROJECT_HAS_TRACKS) while it has tracks, unless force is set;
+    (PROJECT_HAS_TIME_ENTRIES, TRACK_HAS_TIME_ENTRIES) while time is logged against it.
     """
 
 class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -112,7 +114,8 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_project_pb2.DeleteProjectResponse, _abc.Awaitable[_project_pb2.DeleteProjectResponse]]:
         """Deletes a project. Its sessions are kept and unlinked. FAILED_PRECONDITION
-        (PROJECT_HAS_TRACKS) while it has tracks, unless force is set.
+        (PROJECT_HAS_TRACKS) while it has tracks, unless force is set;
+        (PROJECT_HAS_TIME_ENTRIES, TRACK_HAS_TIME_ENTRIES) while time is logged against it.
         """
 
 def add_ProjectServiceServicer_to_server(servicer: ProjectServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

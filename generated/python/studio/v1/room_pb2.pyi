@@ -102,7 +102,7 @@ class Room(_message.Message):
     has_control_room: _builtins.bool
     """Has a control room."""
     is_available_for_booking: _builtins.bool
-    """Can be booked right now (a room under repair cannot)."""
+    """Can be booked right now (a room under repair cannot). Unset on create: true."""
     color: _builtins.str
     """Calendar colour, "#RRGGBB"."""
     etag: _builtins.str
@@ -129,17 +129,19 @@ class Room(_message.Message):
         has_isolation_booth: _builtins.bool = ...,
         has_live_room: _builtins.bool = ...,
         has_control_room: _builtins.bool = ...,
-        is_available_for_booking: _builtins.bool = ...,
+        is_available_for_booking: _builtins.bool | None = ...,
         color: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_is_available_for_booking", b"_is_available_for_booking", "create_time", b"create_time", "is_available_for_booking", b"is_available_for_booking", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "color", b"color", "create_time", b"create_time", "description", b"description", "etag", b"etag", "full_day_rate", b"full_day_rate", "half_day_rate", b"half_day_rate", "has_control_room", b"has_control_room", "has_isolation_booth", b"has_isolation_booth", "has_live_room", b"has_live_room", "hourly_rate", b"hourly_rate", "id", b"id", "is_available_for_booking", b"is_available_for_booking", "name", b"name", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_is_available_for_booking", b"_is_available_for_booking", "capacity", b"capacity", "color", b"color", "create_time", b"create_time", "description", b"description", "etag", b"etag", "full_day_rate", b"full_day_rate", "half_day_rate", b"half_day_rate", "has_control_room", b"has_control_room", "has_isolation_booth", b"has_isolation_booth", "has_live_room", b"has_live_room", "hourly_rate", b"hourly_rate", "id", b"id", "is_available_for_booking", b"is_available_for_booking", "name", b"name", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__is_available_for_booking: _TypeAlias = _typing.Literal["is_available_for_booking"]  # noqa: Y015
+    _WhichOneofArgType__is_available_for_booking: _TypeAlias = _typing.Literal["_is_available_for_booking", b"_is_available_for_booking"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__is_available_for_booking) -> _WhichOneofReturnType__is_available_for_booking | None: ...
 
 Global___Room: _TypeAlias = Room  # noqa: Y015
 

@@ -95,7 +95,7 @@ class RoomServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteRoom(self, request, context):
-        """Deletes a room. FAILED_PRECONDITION (ROOM_IN_USE) while sessions are booked in it.
+        """Deletes a room. FAILED_PRECONDITION (ROOM_HAS_SESSIONS) while sessions are booked in it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,7 +42,7 @@ class RoomServiceStub:
     UpdateRoom: _grpc.UnaryUnaryMultiCallable[_room_pb2.UpdateRoomRequest, _room_pb2.UpdateRoomResponse]
     """Updates a room (PATCH semantics through update_mask)."""
     DeleteRoom: _grpc.UnaryUnaryMultiCallable[_room_pb2.DeleteRoomRequest, _room_pb2.DeleteRoomResponse]
-    """Deletes a room. FAILED_PRECONDITION (ROOM_IN_USE) while sessions are booked in it."""
+    """Deletes a room. FAILED_PRECONDITION (ROOM_HAS_SESSIONS) while sessions are booked in it."""
 
 @_typing.type_check_only
 class RoomServiceAsyncStub(RoomServiceStub):
@@ -58,7 +58,7 @@ class RoomServiceAsyncStub(RoomServiceStub):
     UpdateRoom: _aio.UnaryUnaryMultiCallable[_room_pb2.UpdateRoomRequest, _room_pb2.UpdateRoomResponse]  # type: ignore[assignment]
     """Updates a room (PATCH semantics through update_mask)."""
     DeleteRoom: _aio.UnaryUnaryMultiCallable[_room_pb2.DeleteRoomRequest, _room_pb2.DeleteRoomResponse]  # type: ignore[assignment]
-    """Deletes a room. FAILED_PRECONDITION (ROOM_IN_USE) while sessions are booked in it."""
+    """Deletes a room. FAILED_PRECONDITION (ROOM_HAS_SESSIONS) while sessions are booked in it."""
 
 class RoomServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages the rooms of the caller's studio."""
@@ -101,6 +101,6 @@ class RoomServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _room_pb2.DeleteRoomRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_room_pb2.DeleteRoomResponse, _abc.Awaitable[_room_pb2.DeleteRoomResponse]]:
-        """Deletes a room. FAILED_PRECONDITION (ROOM_IN_USE) while sessions are booked in it."""
+        """Deletes a room. FAILED_PRECONDITION (ROOM_HAS_SESSIONS) while sessions are booked in it."""
 
 def add_RoomServiceServicer_to_server(servicer: RoomServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

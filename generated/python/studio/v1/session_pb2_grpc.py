@@ -101,7 +101,8 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSession(self, request, context):
-        """Deletes a session.
+        """Deletes a session. FAILED_PRECONDITION (SESSION_HAS_TIME_ENTRIES) while time entries are
+        logged against it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

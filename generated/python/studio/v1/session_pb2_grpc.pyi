@@ -51,7 +51,9 @@ class SessionServiceStub:
     name project_id in update_mask and leave it unset.
     """
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteSessionRequest, _session_pb2.DeleteSessionResponse]
-    """Deletes a session."""
+    """Deletes a session. FAILED_PRECONDITION (SESSION_HAS_TIME_ENTRIES) while time entries are
+    logged against it.
+    """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
@@ -76,7 +78,9 @@ class SessionServiceAsyncStub(SessionServiceStub):
     name project_id in update_mask and leave it unset.
     """
     DeleteSession: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteSessionRequest, _session_pb2.DeleteSessionResponse]  # type: ignore[assignment]
-    """Deletes a session."""
+    """Deletes a session. FAILED_PRECONDITION (SESSION_HAS_TIME_ENTRIES) while time entries are
+    logged against it.
+    """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Books and manages studio sessions. A session may belong to a project (an album's recording
@@ -128,6 +132,8 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_pb2.DeleteSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.DeleteSessionResponse, _abc.Awaitable[_session_pb2.DeleteSessionResponse]]:
-        """Deletes a session."""
+        """Deletes a session. FAILED_PRECONDITION (SESSION_HAS_TIME_ENTRIES) while time entries are
+        logged against it.
+        """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,92 @@
+"""Generic row operations for the API's resources (every tenant table has id, version,
+create_request_id, created_at and updated_at), written once for all of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import ColumnElement, Table, delete, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+
+if TYPE_CHECKING:
+    from sqlalchemy import RowMapping
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+__all__ = ["delete_row", "fetch_row", "insert_row", "list_rows", "update_row"]
+
+Lock = Literal["update", "share"] | None
+
+
+async def fetch_row(
+    conn: AsyncConnection, table: Table, row_id: int, *, lock: Lock = None
+) -> RowMapping | None:
+    query = select(table).where(table.c.id == row_id)
+    if lock == "update":
+        query = query.with_for_update()
+    elif lock == "share":
+        query = query.with_for_update(read=True)
+    row: RowMapping | None = (await conn.execute(query)).mappings().first()
+    return row
+
+
+async def insert_row(
+    conn: AsyncConnection, table: Table, values: dict[str, Any], *, request_id: str | None
+) -> tuple[RowMapping, bool]:
+    """Insert and return the row; with a request id, a retry returns the first row instead.
+
+    Returns (row, created). Concurrent retries with one request id wait on the unique index,
+    so exactly one inserts and the others read its row.
+    """
+    statement = insert(table).values(**values, create_request_id=request_id)
+    if request_id is not None:
+        statement = statement.on_conflict_do_nothing(index_elements=["create_request_id"])
+    row = (await conn.execute(statement.returning(table))).mappings().first()
+    if row is not None:
+        return row, True
+    existing = (
+        (await conn.execute(select(table).where(table.c.create_request_id == request_id)))
+        .mappings()
+        .one()
+    )
+    return existing, False
+
+
+async def update_row(
+    conn: AsyncConnection, table: Table, row_id: int, values: dict[str, Any]
+) -> RowMapping | None:
+    """Write `values`, bump the version (the etag) and updated_at; None if there is no row."""
+    statement = (
+        update(table)
+        .where(table.c.id == row_id)
+        .values(**values, version=table.c.version + 1, updated_at=func.now())
+        .returning(table)
+    )
+    row: RowMapping | None = (await conn.execute(statement)).mappings().first()
+    return row
+
+
+async def delete_row(
+    conn: AsyncConnection, table: Table, row_id: int, *, version: int | None = None
+) -> bool:
+    statement = delete(table).where(table.c.id == row_id)
+    if version is not None:
+        statement = statement.where(table.c.version == version)
+    return (await conn.execute(statement.returning(table.c.id))).first() is not None
+
+
+async def list_rows(
+    conn: AsyncConnection,
+    table: Table,
+    *,
+    where: Sequence[ColumnElement[bool]],
+    order_by: Sequence[str],
+    after: Sequence[object] | None,
+    limit: int,
+) -> Sequence[RowMapping]:
+    """One page in keyset order: the rows after `after` (the last sort key of the last page)."""
+    columns = [table.c[name] for name in order_by]
+    query = select(table).where(*where).order_by(*columns).limit(limit)
+    if after is not None:
+        query = query.where(tuple_(*columns) > tuple_(*after))
+    return (await conn.execute(query)).mappings().all()

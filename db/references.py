@@ -1,0 +1,74 @@
+"""Reads that check references between tenant rows, taking the locks that keep them true
+until the transaction ends."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import ColumnElement, delete, exists, select
+
+from db.tables import clients, projects, sessions, tracks
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+__all__ = [
+    "client_exists",
+    "delete_project_tracks",
+    "lock_project_client",
+    "project_has_sessions",
+    "session_filters",
+]
+
+
+async def lock_project_client(conn: AsyncConnection, project_id: int) -> int | None:
+    """The project's client, or None if there is no such project.
+
+    FOR SHARE: until we commit, nobody can delete the project or give it to another client,
+    so a session linked to it cannot end up under the wrong client.
+    """
+    query = (
+        select(projects.c.client_id).where(projects.c.id == project_id).with_for_update(read=True)
+    )
+    client_id: int | None = await conn.scalar(query)
+    return client_id
+
+
+async def client_exists(conn: AsyncConnection, client_id: int) -> bool:
+    return bool(await conn.scalar(select(exists().where(clients.c.id == client_id))))
+
+
+async def project_has_sessions(conn: AsyncConnection, project_id: int) -> bool:
+    return bool(await conn.scalar(select(exists().where(sessions.c.project_id == project_id))))
+
+
+async def delete_project_tracks(conn: AsyncConnection, project_id: int) -> int:
+    result = await conn.execute(delete(tracks).where(tracks.c.project_id == project_id))
+    return int(result.rowcount)
+
+
+def session_filters(
+    *,
+    project_id: int | None,
+    client_id: int | None,
+    room_id: int | None,
+    start_from: datetime | None,
+    start_before: datetime | None,
+    without_project: bool,
+) -> list[ColumnElement[bool]]:
+    """ListSessions' filters (combined with AND), each served by an index."""
+    where: list[ColumnElement[bool]] = []
+    if project_id is not None:
+        where.append(sessions.c.project_id == project_id)
+    if without_project:
+        where.append(sessions.c.project_id.is_(None))
+    if client_id is not None:
+        where.append(sessions.c.client_id == client_id)
+    if room_id is not None:
+        where.append(sessions.c.room_id == room_id)
+    if start_from is not None:
+        where.append(sessions.c.start_time >= start_from)
+    if start_before is not None:
+        where.append(sessions.c.start_time < start_before)
+    return where

@@ -1,0 +1,92 @@
+"""Assembling the running service: master engine, authentication, tenant pools, the gRPC
+server, and the background work that keeps them healthy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+
+from db.engines import create_engine_for
+from db.tenant_engines import TenantEngines
+from server.auth import Authenticator
+from server.grpc_server import ServingServer, start_server
+from server.pipeline import Pipeline
+from server.routers import ROUTERS
+
+__all__ = ["App", "start_app"]
+
+log = logging.getLogger("studio.app")
+HEALTH_PROBE_SECONDS = 1.0
+IDLE_SWEEP_SECONDS = 30.0
+
+
+@dataclass
+class App:
+    serving: ServingServer
+    engines: TenantEngines
+    authenticator: Authenticator
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.serving.port
+
+    async def stop(self, grace: float) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.serving.stop(grace)
+        await self.engines.close_all()
+        await self.authenticator.master.dispose()
+
+
+async def _watch_master(app: App) -> None:
+    """Health is NOT_SERVING while the master database (keys, tenants) is unreachable."""
+    serving: bool | None = True
+    while True:
+        await asyncio.sleep(HEALTH_PROBE_SECONDS)
+        try:
+            async with asyncio.timeout(HEALTH_PROBE_SECONDS * 2):
+                async with app.authenticator.master.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            healthy = True
+        except Exception:  # noqa: BLE001 (any failure means "not serving")
+            healthy = False
+        if healthy != serving:
+            log.warning("master database %s", "reachable" if healthy else "UNREACHABLE")
+            await app.serving.set_serving(healthy)
+            serving = healthy
+
+
+async def _close_idle_pools(app: App) -> None:
+    while True:
+        await asyncio.sleep(IDLE_SWEEP_SECONDS)
+        closed = await app.engines.close_idle()
+        if closed:
+            log.info("closed the pools of %d idle tenants", closed)
+
+
+async def start_app(
+    master_url: str,
+    *,
+    host: str,
+    port: int,
+    tenant_pool_size: int = 5,
+    key_cache_seconds: float = 5.0,
+) -> App:
+    master = create_engine_for(master_url, pool_size=5, pool_timeout=5.0)
+    authenticator = Authenticator(master, cache_seconds=key_cache_seconds)
+    engines = TenantEngines(master_url, pool_size=tenant_pool_size)
+    serving = await start_server(host, port, Pipeline(authenticator, engines), ROUTERS)
+    app = App(serving, engines, authenticator)
+    app.tasks = [
+        asyncio.create_task(_watch_master(app)),
+        asyncio.create_task(_close_idle_pools(app)),
+    ]
+    return app

@@ -1,0 +1,218 @@
+"""The middleware every call goes through, outermost first:
+
+    log_call -> map_errors -> apply_deadline -> authenticate -> parse_and_validate
+             -> in_transaction -> the procedure
+
+Each middleware is a small function `(call, next) -> response`. Only `map_errors` talks to
+gRPC about failures; everything inside raises `ApiError`s (or lets database errors through).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from sqlalchemy import text
+
+from server.context import Ctx
+from server.error_mapping import error_from_exception, is_retryable, to_status
+from server.errors import ApiError, DeadlineExceeded, Internal, InvalidArgument, PermissionDenied
+from server.validation import validate
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from db.tenant_engines import TenantEngines
+    from server.auth import Authenticator, Principal
+    from server.router import Procedure
+
+__all__ = ["Call", "Pipeline", "method_handlers"]
+
+log = logging.getLogger("studio.call")
+MAX_REQUEST_ID = 128
+TRANSACTION_ATTEMPTS = 3
+
+
+@dataclass
+class Call:
+    procedure: Procedure
+    raw: bytes
+    context: grpc.aio.ServicerContext[bytes, bytes]
+    request_id: str
+    principal: Principal | None = None
+    request: Message | None = None
+    timeout_ms: int | None = None
+    db: AsyncConnection | None = None
+    error: ApiError | None = None
+
+
+Next = Callable[[Call], Awaitable[Message]]
+Middleware = Callable[[Call, Next], Awaitable[Message]]
+
+
+def _request_id(context: grpc.aio.ServicerContext[bytes, bytes]) -> str:
+    given = next((v for k, v in context.invocation_metadata() or () if k == "x-request-id"), None)
+    if isinstance(given, str) and 0 < len(given) <= MAX_REQUEST_ID and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+async def log_call(call: Call, next_: Next) -> Message:
+    """One structured line per call: method, code, duration, tenant, request id (no key)."""
+    started = time.perf_counter()
+    code = "OK"
+    try:
+        return await next_(call)
+    except asyncio.CancelledError:
+        code = "CANCELLED"
+        raise
+    except BaseException:
+        code = call.error.code.name if call.error else "UNKNOWN"
+        raise
+    finally:
+        record = {
+            "method": call.procedure.path,
+            "code": code,
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+            "tenant": call.principal.tenant.slug if call.principal else None,
+            "key": call.principal.key_prefix if call.principal else None,
+            "request_id": call.request_id,
+        }
+        if call.error is not None:
+            record["reason"] = call.error.reason
+        log.info(json.dumps(record))
+
+
+async def map_errors(call: Call, next_: Next) -> Message:
+    """Turn every failure into a google.rpc.Status; unexpected ones into a generic INTERNAL."""
+    try:
+        return await next_(call)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        error = error_from_exception(exc, deleting=call.procedure.deletes)
+        if isinstance(error, Internal) and not isinstance(exc, ApiError):
+            log.error("unexpected error in %s (request %s)", call.procedure.path,
+                      call.request_id, exc_info=exc)  # fmt: skip
+        call.error = error
+    await call.context.abort_with_status(to_status(call.error, call.request_id))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+class Pipeline:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        engines: TenantEngines,
+        *,
+        statement_timeout_cap_ms: int = 30_000,
+    ) -> None:
+        self.authenticator = authenticator
+        self.engines = engines
+        self.statement_timeout_cap_ms = statement_timeout_cap_ms
+        self.middleware: tuple[Middleware, ...] = (
+            log_call,
+            map_errors,
+            self.apply_deadline,
+            self.authenticate,
+            self.parse_and_validate,
+            self.in_transaction,
+        )
+
+    async def run(
+        self, procedure: Procedure, raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        call = Call(procedure, raw, context, _request_id(context))
+
+        async def step(index: int, current: Call) -> Message:
+            if index == len(self.middleware):
+                return await self.invoke(current)
+            return await self.middleware[index](current, lambda c: step(index + 1, c))
+
+        response = await step(0, call)
+        context.set_trailing_metadata((("x-request-id", call.request_id),))
+        return response.SerializeToString()
+
+    async def apply_deadline(self, call: Call, next_: Next) -> Message:
+        """The caller's deadline bounds our work: statement_timeout, and a timeout here."""
+        remaining = call.context.time_remaining()
+        if remaining is None:
+            return await next_(call)
+        if remaining <= 0:
+            raise DeadlineExceeded("DEADLINE_EXCEEDED", "the call's deadline had passed")
+        call.timeout_ms = max(1, min(int(remaining * 1000), self.statement_timeout_cap_ms))
+        async with asyncio.timeout(remaining):
+            return await next_(call)
+
+    async def authenticate(self, call: Call, next_: Next) -> Message:
+        call.principal = await self.authenticator.authenticate(
+            tuple(call.context.invocation_metadata() or ())
+        )
+        if not call.procedure.query and not call.principal.can_write:
+            raise PermissionDenied(
+                "READ_ONLY_KEY", f"a read-only key cannot call {call.procedure.name}"
+            )
+        return await next_(call)
+
+    async def parse_and_validate(self, call: Call, next_: Next) -> Message:
+        try:
+            call.request = call.procedure.request_type.FromString(call.raw)
+        except DecodeError:
+            raise InvalidArgument(
+                "MALFORMED_REQUEST",
+                f"the request is not a valid {call.procedure.request_type.DESCRIPTOR.full_name}",
+            ) from None
+        validate(call.request)
+        return await next_(call)
+
+    async def in_transaction(self, call: Call, next_: Next) -> Message:
+        """One transaction per call, retried when PostgreSQL reports a serialization failure
+        or a deadlock (the procedure runs again from the start)."""
+        assert call.principal is not None
+        engine = self.engines.get(call.principal.tenant)
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            try:
+                async with engine.begin() as call.db:
+                    if call.timeout_ms is not None:
+                        await _set_statement_timeout(call.db, call.timeout_ms)
+                    return await next_(call)
+            except Exception as exc:
+                if attempt == TRANSACTION_ATTEMPTS or not is_retryable(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def invoke(self, call: Call) -> Message:
+        """The procedure itself, with the context the middleware built."""
+        assert call.principal is not None
+        assert call.db is not None
+        assert call.request is not None
+        return await call.procedure.handler(
+            Ctx(call.principal, call.db, call.request_id), call.request
+        )
+
+
+def method_handlers(
+    pipeline: Pipeline, procedures: list[Procedure]
+) -> dict[str, grpc.RpcMethodHandler[bytes, bytes]]:
+    """gRPC handlers that hand raw bytes to the pipeline: parsing is ours, so that bytes
+    that are not a valid message get INVALID_ARGUMENT rather than grpcio's UNKNOWN."""
+
+    def behavior(procedure: Procedure) -> Callable[..., Awaitable[bytes]]:
+        async def handle(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            return await pipeline.run(procedure, raw, context)
+
+        return handle
+
+    return {p.name: grpc.unary_unary_rpc_method_handler(behavior(p)) for p in procedures}
+
+
+async def _set_statement_timeout(conn: AsyncConnection, timeout_ms: int) -> None:
+    await conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))

@@ -1,0 +1,174 @@
+"""Between a resource message and its table row, in one declarative place per resource.
+
+A `ResourceMapping` knows, for each writable field, its column and how a value crosses over:
+text, exact decimals as strings, timestamps, enums by name, optional ids. It also knows what an
+update mask means (AIP-134): which paths are written, and what a named-but-unset field becomes
+(NULL for a nullable column, the column's default for the others).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from google.protobuf.message import Message
+from sqlalchemy import literal_column
+
+from server.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from google.protobuf.field_mask_pb2 import FieldMask
+    from sqlalchemy import ColumnClause, RowMapping, Table
+
+__all__ = ["Field", "Kind", "ResourceMapping", "etag_of", "version_of_etag"]
+
+M = TypeVar("M", bound=Message)
+OUTPUT_ONLY = frozenset({"id", "create_time", "update_time", "etag"})
+# `SET col = DEFAULT`: a cleared NOT NULL column goes back to its default.
+COLUMN_DEFAULT: ColumnClause[Any] = literal_column("DEFAULT")
+
+
+class Kind(enum.Enum):
+    TEXT = "text"  # "" is NULL
+    DECIMAL = "decimal"  # exact decimal as a string; "" is NULL (or the default)
+    BOOL = "bool"
+    INT = "int"  # 0 is the column default
+    ENUM = "enum"  # value names after the enum prefix, lower-cased: "in_progress"
+    TIMESTAMP = "timestamp"
+    ID = "id"  # a reference to another row; 0 / unset is NULL
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: Kind
+    column: str | None = None  # defaults to the field name
+
+    @property
+    def column_name(self) -> str:
+        return self.column or self.name
+
+
+def etag_of(version: int) -> str:
+    return f'"{version}"'
+
+
+def version_of_etag(etag: str, field: str) -> int:
+    """The version an etag names; an etag we never issued is an invalid argument."""
+    digits = etag.strip('"')
+    if not digits.isdigit():
+        raise InvalidArgument(
+            "INVALID_ETAG",
+            f"{field} is not an etag this service issued",
+            metadata={"field": field},
+        )
+    return int(digits)
+
+
+def _enum_names(field: Any) -> tuple[dict[int, str], dict[str, int]]:  # noqa: ANN401 (upb or py descriptor)
+    enum_type = field.enum_type
+    assert enum_type is not None
+    prefix = "".join(f"_{c}" if c.isupper() else c.upper() for c in enum_type.name)[1:] + "_"
+    to_db = {
+        v.number: v.name.removeprefix(prefix).lower() for v in enum_type.values if v.number != 0
+    }
+    return to_db, {name: number for number, name in to_db.items()}
+
+
+class ResourceMapping(Generic[M]):
+    def __init__(self, message_type: type[M], table: Table, fields: tuple[Field, ...]) -> None:
+        self.message_type = message_type
+        self.table = table
+        self.fields = {f.name: f for f in fields}
+        self.descriptors = {f.name: message_type.DESCRIPTOR.fields_by_name[f.name] for f in fields}
+        self.enums = {
+            f.name: _enum_names(self.descriptors[f.name]) for f in fields if f.kind is Kind.ENUM
+        }
+        missing = set(message_type.DESCRIPTOR.fields_by_name) - set(self.fields) - OUTPUT_ONLY
+        assert not missing, f"{message_type.__name__}: fields without a column: {missing}"
+
+    # -- row -> message ----------------------------------------------------------------------
+
+    def to_message(self, row: RowMapping) -> M:
+        message = self.message_type(id=row["id"], etag=etag_of(row["version"]))
+        message.create_time.FromDatetime(row["created_at"])  # type: ignore[attr-defined]
+        message.update_time.FromDatetime(row["updated_at"])  # type: ignore[attr-defined]
+        for name, field in self.fields.items():
+            value = row[field.column_name]
+            if value is None:
+                continue
+            if field.kind is Kind.TIMESTAMP:
+                getattr(message, name).FromDatetime(value)
+            elif field.kind is Kind.ENUM:
+                setattr(message, name, self.enums[name][1][value])
+            elif field.kind is Kind.DECIMAL:
+                setattr(message, name, str(value))
+            else:
+                setattr(message, name, value)
+        return message
+
+    # -- message -> columns ------------------------------------------------------------------
+
+    def is_set(self, message: M, name: str) -> bool:
+        """Set in the proto3 sense: present, or a non-zero value for an implicit field."""
+        descriptor = self.descriptors[name]
+        if descriptor.has_presence:
+            return message.HasField(name)
+        return bool(getattr(message, name))
+
+    def _false_is_a_value(self, name: str) -> bool:
+        """A plain bool cannot be "unset": false in a mask means write false."""
+        return self.fields[name].kind is Kind.BOOL and not self.descriptors[name].has_presence
+
+    def column_value(self, message: M, name: str) -> Any:  # noqa: ANN401 (a column's value)
+        """What a field's value is written as; a field that is unset is cleared."""
+        field = self.fields[name]
+        if not self.is_set(message, name) and not self._false_is_a_value(name):
+            column = self.table.c[field.column_name]
+            return COLUMN_DEFAULT if column.server_default is not None else None
+        value = getattr(message, name)
+        if field.kind is Kind.TIMESTAMP:
+            return value.ToDatetime(tzinfo=UTC)
+        if field.kind is Kind.ENUM:
+            return self.enums[name][0][value]
+        if field.kind is Kind.DECIMAL:
+            return Decimal(value)
+        return value
+
+    def insert_values(self, message: M) -> dict[str, Any]:
+        """The set fields; the others get the column defaults."""
+        return {
+            self.fields[name].column_name: self.column_value(message, name)
+            for name in self.fields
+            if self.is_set(message, name)
+        }
+
+    def update_values(self, patch: M, paths: list[str]) -> dict[str, Any]:
+        return {self.fields[p].column_name: self.column_value(patch, p) for p in paths}
+
+    # -- update masks (AIP-134) --------------------------------------------------------------
+
+    def mask_paths(self, patch: M, mask: FieldMask | None) -> list[str]:
+        """The writable fields an update writes. Output-only paths are ignored (AIP-161)."""
+        if mask is None or not mask.paths:
+            return [name for name in self.fields if self.is_set(patch, name)]
+        if "*" in mask.paths:
+            return list(self.fields)
+        return [p for p in dict.fromkeys(mask.paths) if p in self.fields]
+
+    def merged(self, current: M, patch: M, paths: list[str]) -> M:
+        """The resource as it would be after the update, to validate as a whole."""
+        result = self.message_type()
+        result.CopyFrom(current)
+        for path in paths:
+            if self.is_set(patch, path) or self._false_is_a_value(path):
+                if self.descriptors[path].message_type is not None:
+                    getattr(result, path).CopyFrom(getattr(patch, path))
+                else:
+                    setattr(result, path, getattr(patch, path))
+            else:
+                result.ClearField(path)
+        return result

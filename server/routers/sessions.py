@@ -1,0 +1,125 @@
+"""SessionService: booked sessions, standalone or within a project of the same client."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import TYPE_CHECKING
+
+from db.references import client_exists, lock_project_client, session_filters
+from db.tables import sessions
+from server import standard_methods
+from server.errors import FailedPrecondition
+from server.resource_mapping import Field, Kind, ResourceMapping
+from server.router import Router
+from studio.v1 import session_pb2 as pb
+
+if TYPE_CHECKING:
+    from server.context import Ctx
+
+__all__ = ["SESSION", "router"]
+
+router = Router(pb, "SessionService")
+SESSION = ResourceMapping(
+    pb.Session,
+    sessions,
+    (
+        Field("client_id", Kind.ID),
+        Field("room_id", Kind.ID),
+        Field("project_id", Kind.ID),
+        Field("title", Kind.TEXT),
+        Field("description", Kind.TEXT),
+        Field("start_time", Kind.TIMESTAMP),
+        Field("end_time", Kind.TIMESTAMP),
+        Field("status", Kind.ENUM),
+        Field("total_amount", Kind.DECIMAL),
+        Field("deposit_amount", Kind.DECIMAL),
+        Field("deposit_paid", Kind.BOOL),
+        Field("payment_status", Kind.ENUM),
+        Field("notes", Kind.TEXT),
+    ),
+)
+
+
+async def _check_project(ctx: Ctx, session: pb.Session) -> None:
+    """A linked project must exist and belong to the session's client (locked until commit).
+
+    The client and the room are checked by their foreign keys (CLIENT_NOT_FOUND,
+    ROOM_NOT_FOUND); a missing client is reported as such, not as a mismatch.
+    """
+    if not session.HasField("project_id"):
+        return
+    owner = await lock_project_client(ctx.db, session.project_id)
+    metadata = {"projectId": str(session.project_id), "clientId": str(session.client_id)}
+    if owner is None:
+        raise FailedPrecondition(
+            "PROJECT_NOT_FOUND", f"project {session.project_id} does not exist", metadata=metadata
+        )
+    if owner != session.client_id:
+        if not await client_exists(ctx.db, session.client_id):
+            raise FailedPrecondition(
+                "CLIENT_NOT_FOUND", f"client {session.client_id} does not exist", metadata=metadata
+            )
+        raise FailedPrecondition(
+            "PROJECT_CLIENT_MISMATCH",
+            f"project {session.project_id} belongs to another client than {session.client_id}",
+            metadata={**metadata, "projectClientId": str(owner)},
+        )
+
+
+@router.procedure("GetSession")
+async def get_session(ctx: Ctx, request: pb.GetSessionRequest) -> pb.GetSessionResponse:
+    return pb.GetSessionResponse(
+        session=await standard_methods.get(ctx, SESSION, "session", request.id)
+    )
+
+
+@router.procedure("ListSessions")
+async def list_sessions(ctx: Ctx, request: pb.ListSessionsRequest) -> pb.ListSessionsResponse:
+    where = session_filters(
+        project_id=request.project_id if request.HasField("project_id") else None,
+        client_id=request.client_id if request.HasField("client_id") else None,
+        room_id=request.room_id if request.HasField("room_id") else None,
+        start_from=request.start_time_from.ToDatetime(tzinfo=UTC)
+        if request.HasField("start_time_from")
+        else None,
+        start_before=request.start_time_before.ToDatetime(tzinfo=UTC)
+        if request.HasField("start_time_before")
+        else None,
+        without_project=request.without_project,
+    )
+    items, next_token = await standard_methods.list_page(
+        ctx, SESSION, request, where=where, time_column="start_time"
+    )
+    return pb.ListSessionsResponse(sessions=items, next_page_token=next_token)
+
+
+@router.procedure("CreateSession")
+async def create_session(ctx: Ctx, request: pb.CreateSessionRequest) -> pb.CreateSessionResponse:
+    async def check(session: pb.Session) -> None:
+        await _check_project(ctx, session)
+
+    session = await standard_methods.create(
+        ctx, SESSION, request.session, request.request_id, check=check
+    )
+    return pb.CreateSessionResponse(session=session)
+
+
+@router.procedure("UpdateSession")
+async def update_session(ctx: Ctx, request: pb.UpdateSessionRequest) -> pb.UpdateSessionResponse:
+    """Link, move or unlink (`update_mask: ["project_id"]` with no value) a session."""
+
+    async def check(current: pb.Session, merged: pb.Session, paths: list[str]) -> None:
+        if {"project_id", "client_id"} & set(paths):
+            await _check_project(ctx, merged)
+
+    mask = request.update_mask if request.HasField("update_mask") else None
+    session = await standard_methods.update(
+        ctx, SESSION, "session", request.session, mask, check=check
+    )
+    return pb.UpdateSessionResponse(session=session)
+
+
+@router.procedure("DeleteSession")
+async def delete_session(ctx: Ctx, request: pb.DeleteSessionRequest) -> pb.DeleteSessionResponse:
+    await standard_methods.delete(ctx, SESSION, "session", request.id, request.etag)
+    return pb.DeleteSessionResponse()

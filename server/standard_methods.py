@@ -1,0 +1,138 @@
+"""The standard methods (AIP-131..135) written once; routers call them with their mapping:
+`standard_methods.get(ctx, SESSION, "session", request.id)`.
+
+Each runs inside the call's transaction (ctx.db), so its checks and its write are atomic.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeVar
+
+from google.protobuf.message import Message
+
+from db.crud import delete_row, fetch_row, insert_row, list_rows, update_row
+from server.errors import Aborted, NotFound
+from server.paging import decode_token, encode_token, page_size, token_time
+from server.resource_mapping import version_of_etag
+from server.validation import validate_resource
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from google.protobuf.field_mask_pb2 import FieldMask
+    from sqlalchemy import ColumnElement, RowMapping
+
+    from server.context import Ctx
+    from server.resource_mapping import ResourceMapping
+
+__all__ = ["create", "delete", "get", "list_page", "not_found", "update"]
+
+M = TypeVar("M", bound=Message)
+
+
+def not_found(kind: str, resource_id: int) -> NotFound:
+    """NOT_FOUND for the resource the call is about, e.g. SESSION_NOT_FOUND."""
+    return NotFound(
+        f"{kind.upper()}_NOT_FOUND",
+        f"{kind} {resource_id} does not exist",
+        metadata={f"{kind}Id": str(resource_id)},
+    )
+
+
+def _check_etag(etag: str, row: RowMapping, field: str) -> None:
+    if etag and version_of_etag(etag, field) != row["version"]:
+        raise Aborted(
+            "ETAG_MISMATCH",
+            "the resource changed since it was read; read it again and retry",
+            metadata={"currentEtag": f'"{row["version"]}"'},
+        )
+
+
+async def get(ctx: Ctx, mapping: ResourceMapping[M], kind: str, resource_id: int) -> M:
+    row = await fetch_row(ctx.db, mapping.table, resource_id)
+    if row is None:
+        raise not_found(kind, resource_id)
+    return mapping.to_message(row)
+
+
+async def create(
+    ctx: Ctx,
+    mapping: ResourceMapping[M],
+    resource: M,
+    request_id: str,
+    *,
+    check: Callable[[M], Awaitable[None]] | None = None,
+) -> M:
+    """Insert `resource`; a retried request id returns the first result and creates nothing."""
+    if check is not None:
+        await check(resource)
+    row, _created = await insert_row(
+        ctx.db, mapping.table, mapping.insert_values(resource), request_id=request_id or None
+    )
+    return mapping.to_message(row)
+
+
+async def update(
+    ctx: Ctx,
+    mapping: ResourceMapping[M],
+    kind: str,
+    patch: M,
+    mask: FieldMask | None,
+    *,
+    check: Callable[[M, M, list[str]], Awaitable[None]] | None = None,
+) -> M:
+    """Write the masked fields of `patch`; the merged result must be a valid resource.
+
+    `check(current, merged, paths)` verifies references (it may lock what it reads).
+    """
+    resource_id: int = getattr(patch, "id")  # noqa: B009 (every resource has an id)
+    current_row = await fetch_row(ctx.db, mapping.table, resource_id, lock="update")
+    if current_row is None:
+        raise not_found(kind, resource_id)
+    _check_etag(getattr(patch, "etag"), current_row, f"{kind}.etag")  # noqa: B009
+    paths = mapping.mask_paths(patch, mask)
+    current = mapping.to_message(current_row)
+    merged = mapping.merged(current, patch, paths)
+    validate_resource(merged, kind)
+    if check is not None:
+        await check(current, merged, paths)
+    row = await update_row(ctx.db, mapping.table, resource_id, mapping.update_values(patch, paths))
+    assert row is not None  # locked above
+    return mapping.to_message(row)
+
+
+async def delete(
+    ctx: Ctx, mapping: ResourceMapping[M], kind: str, resource_id: int, etag: str
+) -> None:
+    version = version_of_etag(etag, "etag") if etag else None
+    if await delete_row(ctx.db, mapping.table, resource_id, version=version):
+        return
+    row = await fetch_row(ctx.db, mapping.table, resource_id)
+    if row is None:
+        raise not_found(kind, resource_id)
+    _check_etag(etag, row, "etag")
+
+
+async def list_page(
+    ctx: Ctx,
+    mapping: ResourceMapping[M],
+    request: Message,
+    *,
+    where: Sequence[ColumnElement[bool]] = (),
+    time_column: str | None = None,
+) -> tuple[list[M], str]:
+    """A page in (time_column, id) order, or id order; and the next page's token."""
+    token = decode_token(request)
+    order_by = [time_column, "id"] if time_column else ["id"]
+    after: list[object] | None = None
+    if token is not None:
+        after = [token_time(token), token.last_id] if time_column else [token.last_id]
+    size = page_size(getattr(request, "page_size"))  # noqa: B009
+    rows = await list_rows(
+        ctx.db, mapping.table, where=where, order_by=order_by, after=after, limit=size + 1
+    )
+    items = [mapping.to_message(r) for r in rows[:size]]
+    if len(rows) <= size:
+        return items, ""
+    last = rows[size - 1]
+    return items, encode_token(request, last["id"], last[time_column] if time_column else None)

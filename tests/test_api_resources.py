@@ -1,0 +1,155 @@
+"""Clients, rooms and projects end to end: defaults, updates, and deletes that are refused."""
+
+from __future__ import annotations
+
+import grpc
+import psycopg
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+
+from studio.v1 import client_pb2, project_pb2, room_pb2
+from tests.api import Api, failure
+from tests.conftest import Tenant
+
+
+def test_a_room_gets_the_studios_defaults_and_exact_money(api: Api) -> None:
+    room = api.room("Live Room", hourly_rate="75.50")
+    assert room.type == room_pb2.ROOM_TYPE_RECORDING
+    assert room.capacity == 1
+    assert room.is_available_for_booking is True  # unset on create: bookable
+    assert room.hourly_rate == "75.50"
+
+    closed = api.rooms.UpdateRoom(
+        room_pb2.UpdateRoomRequest(
+            room=room_pb2.Room(id=room.id), update_mask=FieldMask(paths=["hourly_rate"])
+        ),
+        timeout=10,
+    ).room
+    assert closed.hourly_rate == "0.00"  # cleared: back to the column's default
+    assert closed.name == "Live Room"
+
+
+def test_optional_text_can_be_cleared_through_the_mask(api: Api) -> None:
+    client = api.client(email="ada@example.com", notes="pays on time")
+    cleared = api.clients.UpdateClient(
+        client_pb2.UpdateClientRequest(
+            client=client_pb2.Client(id=client.id), update_mask=FieldMask(paths=["email", "notes"])
+        ),
+        timeout=10,
+    ).client
+    assert (cleared.email, cleared.notes, cleared.name) == ("", "", client.name)
+    # and a bool set to false, which only a mask can say
+    vip = api.client(is_vip=True)
+    plain = api.clients.UpdateClient(
+        client_pb2.UpdateClientRequest(
+            client=client_pb2.Client(id=vip.id), update_mask=FieldMask(paths=["is_vip"])
+        ),
+        timeout=10,
+    ).client
+    assert plain.is_vip is False
+
+
+def test_lists_page_through_every_row_once(api: Api) -> None:
+    made = {api.client(f"Paging {n}").id for n in range(5)}
+    seen: list[int] = []
+    request = client_pb2.ListClientsRequest(page_size=2)
+    while True:
+        response = api.clients.ListClients(request, timeout=10)
+        seen += [c.id for c in response.clients]
+        if not response.next_page_token:
+            break
+        request.page_token = response.next_page_token
+    assert made <= set(seen)
+    assert len(seen) == len(set(seen))
+    assert seen == sorted(seen)
+
+
+def _delete_failure(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as raised:
+        call()  # type: ignore[operator]
+    got = failure(raised.value)
+    return got.code, got.reason
+
+
+def test_deleting_what_is_still_used_is_refused_with_the_reason(api: Api, studio: Tenant) -> None:
+    client, room = api.client(), api.room()
+    project = api.project(client.id)
+    api.session(client.id, room.id)
+    with psycopg.connect(studio.url, autocommit=True) as conn:  # tracks have no API yet
+        conn.execute("INSERT INTO tracks (project_id, title) VALUES (%s, 'Intro')", (project.id,))
+    precondition = grpc.StatusCode.FAILED_PRECONDITION
+
+    assert _delete_failure(
+        lambda: api.clients.DeleteClient(client_pb2.DeleteClientRequest(id=client.id))
+    ) == (precondition, "CLIENT_HAS_PROJECTS")
+    assert _delete_failure(
+        lambda: api.rooms.DeleteRoom(room_pb2.DeleteRoomRequest(id=room.id))
+    ) == (precondition, "ROOM_HAS_SESSIONS")
+    assert _delete_failure(
+        lambda: api.projects.DeleteProject(project_pb2.DeleteProjectRequest(id=project.id))
+    ) == (precondition, "PROJECT_HAS_TRACKS")
+
+    api.projects.DeleteProject(project_pb2.DeleteProjectRequest(id=project.id, force=True))
+    with psycopg.connect(studio.url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM tracks WHERE project_id = %s", (project.id,)
+        ).fetchone() == (0,)
+    # the project is gone; the session still holds the client
+    assert _delete_failure(
+        lambda: api.clients.DeleteClient(client_pb2.DeleteClientRequest(id=client.id))
+    ) == (precondition, "CLIENT_HAS_SESSIONS")
+
+
+@pytest.mark.parametrize(
+    ("call", "reason"),
+    [
+        (lambda api: api.clients.DeleteClient(client_pb2.DeleteClientRequest(id=424_242)),
+         "CLIENT_NOT_FOUND"),
+        (lambda api: api.rooms.GetRoom(room_pb2.GetRoomRequest(id=424_242)), "ROOM_NOT_FOUND"),
+        (lambda api: api.projects.DeleteProject(project_pb2.DeleteProjectRequest(id=424_242)),
+         "PROJECT_NOT_FOUND"),
+    ],
+)  # fmt: skip
+def test_what_does_not_exist_is_not_found(api: Api, call: object, reason: str) -> None:
+    assert _delete_failure(lambda: call(api)) == (grpc.StatusCode.NOT_FOUND, reason)  # type: ignore[operator]
+
+
+def test_a_project_needs_an_existing_client(api: Api) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        api.project(client_id=999_999)
+    got = failure(raised.value)
+    assert (got.code, got.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CLIENT_NOT_FOUND")
+
+
+def test_a_project_with_sessions_cannot_move_to_another_client(api: Api) -> None:
+    client, room = api.client(), api.room()
+    project = api.project(client.id)
+    api.session(client.id, room.id, project_id=project.id)
+    other = api.client("Someone else")
+    with pytest.raises(grpc.RpcError) as raised:
+        api.projects.UpdateProject(
+            project_pb2.UpdateProjectRequest(
+                project=project_pb2.Project(id=project.id, client_id=other.id)
+            ),
+            timeout=10,
+        )
+    assert failure(raised.value).reason == "PROJECT_HAS_SESSIONS"
+
+
+@pytest.mark.parametrize(
+    ("room", "fields"),
+    [
+        (room_pb2.Room(), {"room.name": "REQUIRED"}),
+        (room_pb2.Room(name="A", hourly_rate="12.345", color="red", capacity=-1),
+         {"room.hourly_rate": "STRING_PATTERN", "room.color": "STRING_PATTERN",
+          "room.capacity": "INT32_GT_LTE"}),
+    ],
+)  # fmt: skip
+def test_invalid_rooms_name_each_field(
+    api: Api, room: room_pb2.Room, fields: dict[str, str]
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        api.rooms.CreateRoom(room_pb2.CreateRoomRequest(room=room), timeout=10)
+    got = failure(raised.value)
+    assert got.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert got.fields == fields

@@ -1,0 +1,53 @@
+"""The README's walkthrough, run as written against a fresh server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from tests.conftest import Databases
+from tests.serving import start_serve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _walkthrough() -> str:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- readme-api-walkthrough -->\s*```sh\n(.*?)```", readme, flags=re.DOTALL)
+    assert block, "the README lost its walkthrough"
+    return block.group(1)
+
+
+def _json_values(text: str) -> list[dict[str, object]]:
+    decoder, values, index = json.JSONDecoder(), [], 0
+    while index < len(text):
+        if text[index].isspace():
+            index += 1
+            continue
+        value, index = decoder.raw_decode(text, index)
+        values.append(value)
+    return values
+
+
+def test_the_readme_books_a_session_into_a_project_and_unlinks_it(
+    databases: Databases, tmp_path: Path
+) -> None:
+    server = start_serve(tmp_path, master_url=databases.create("readme_master"))
+    try:
+        env = {**os.environ, "PORT": str(server.port), "STUDIO_DATA_DIR": str(tmp_path)}
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", _walkthrough()],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+    assert result.returncode == 0, result.stderr
+    _client, _room, project, booked, listed, unlinked, got = _json_values(result.stdout)
+    assert booked["session"]["projectId"] == project["project"]["id"] == "1"  # type: ignore[index]
+    assert [s["id"] for s in listed["sessions"]] == ["1"]  # type: ignore[index]
+    assert "projectId" not in unlinked["session"]  # type: ignore[operator]
+    assert "projectId" not in got["session"]  # type: ignore[operator]
+    assert got["session"]["title"] == "Drums"  # type: ignore[index]
