@@ -1,0 +1,106 @@
+"""Tenant databases as the server uses them: on another server, behind bounded pools, and
+released when a caller's deadline passes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+
+from db.local_postgres import LocalPostgres
+from db.tenant_catalog import with_database
+from db.tenants import provision_tenant
+from studio.v1 import session_pb2
+from tests.api import Api
+from tests.conftest import ApiServer, Tenant
+
+POOL_SIZE = 5  # studio serve's default per tenant
+
+
+def test_a_tenant_on_another_postgresql_server_is_served_from_there(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    other = LocalPostgres(tmp_path / "other" / "data", durable=False)
+    other.start()
+    try:
+        tenant = asyncio.run(
+            provision_tenant(api_server.master_url, name="Far Away", server_url=other.url())
+        )
+        api = api_server.api(tenant.api_key)
+        try:
+            api.client("Lives elsewhere")
+        finally:
+            api.close()
+        with psycopg.connect(other.url(tenant.database_name)) as conn:
+            assert conn.execute("SELECT name FROM clients").fetchall() == [("Lives elsewhere",)]
+    finally:
+        other.stop("immediate")
+
+
+def _connections(tenant: Tenant) -> int:
+    with psycopg.connect(with_database(tenant.url, "postgres")) as conn:
+        dbname = conn.execute("SELECT current_database()").fetchone()
+        assert dbname is not None
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+            (psycopg.conninfo.conninfo_to_dict(tenant.url)["dbname"],),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_a_burst_of_calls_uses_at_most_the_pool_of_its_tenant(api_server: ApiServer) -> None:
+    tenant = api_server.new_tenant("burst")
+    callers = [api_server.api(tenant.key) for _ in range(24)]
+    try:
+        with ThreadPoolExecutor(len(callers)) as pool:
+            made = list(pool.map(lambda c: c.client("Burst"), callers))
+    finally:
+        for caller in callers:
+            caller.close()
+    assert len({c.id for c in made}) == len(callers)
+    assert 1 <= _connections(tenant) <= POOL_SIZE
+
+
+def test_a_callers_deadline_cancels_its_database_work(api: Api, studio: Tenant) -> None:
+    session = api.session(api.client().id, api.room().id)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        with psycopg.connect(studio.url) as conn:
+            conn.execute("SELECT 1 FROM sessions WHERE id = %s FOR UPDATE", (session.id,))
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            api.sessions.UpdateSession(
+                session_pb2.UpdateSessionRequest(session=session_pb2.Session(id=session.id,
+                                                                             title="Late")),
+                timeout=1.0,
+            )  # fmt: skip
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 3
+        time.sleep(1.0)
+        with psycopg.connect(studio.url) as conn:
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+        assert waiting == (0,)  # nothing is left queued behind the lock for a gone caller
+    finally:
+        release.set()
+        holder.join()
+    assert api.sessions.GetSession(session_pb2.GetSessionRequest(id=session.id)).session.title == (
+        session.title
+    )
