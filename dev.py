@@ -29,7 +29,10 @@ PY = BIN / "python"
 STAMP = VENV / ".studio-install-stamp"
 LOCK = ROOT / "requirements.lock"
 GENERATED_PY = ROOT / "generated" / "python"
+GENERATED_TS = ROOT / "generated" / "ts"
 PROTO_ROOT = ROOT / "protos"
+TS_CLIENT = ROOT / "clients" / "typescript"
+NPM_STAMP = TS_CLIENT / "node_modules" / ".studio-install-stamp"
 
 
 def _env() -> dict[str, str]:
@@ -97,12 +100,59 @@ def generate_into(out: Path) -> None:
             (package / "__init__.py").touch()
 
 
+def node_available() -> bool:
+    return shutil.which("node") is not None and shutil.which("npm") is not None
+
+
+def ensure_node_packages() -> bool:
+    """`npm ci` the TypeScript client when its lock file changed; False without node."""
+    if not node_available():
+        return False
+    lock = (TS_CLIENT / "package-lock.json").read_bytes()
+    want = hashlib.sha256(lock).hexdigest()
+    if NPM_STAMP.exists() and NPM_STAMP.read_text() == want:
+        return True
+    print("dev: npm ci (clients/typescript)", file=sys.stderr)
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                   cwd=TS_CLIENT, check=True)  # fmt: skip
+    NPM_STAMP.write_text(want)
+    return True
+
+
+def _googleapis_protos() -> str:
+    """googleapis-common-protos ships google/rpc/*.proto beside its Python modules."""
+    return subprocess.run(
+        [str(PY), "-c", "import google.rpc, os; print(os.path.dirname(google.rpc.__path__[0]))"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip().removesuffix("/google")  # fmt: skip
+
+
+def generate_ts_into(out: Path) -> None:
+    """TypeScript messages and service descriptors (protoc-gen-es), plus google.rpc's error
+    details so that clients can read ErrorInfo and BadRequest."""
+    out.mkdir(parents=True, exist_ok=True)
+    plugin = TS_CLIENT / "node_modules" / ".bin" / "protoc-gen-es"
+    _run(PY, "-m", "grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{_googleapis_protos()}",
+         f"--plugin=protoc-gen-es={plugin}", f"--es_out={out}",
+         "--es_opt=target=ts,import_extension=js",
+         *_proto_files(), "google/rpc/error_details.proto")  # fmt: skip
+    # ES modules, like the package that compiles them (clients/typescript).
+    (out / "package.json").write_text('{\n  "type": "module"\n}\n')
+
+
 def generate() -> int:
     ensure_venv()
     if GENERATED_PY.exists():
         shutil.rmtree(GENERATED_PY)
     generate_into(GENERATED_PY)
     print(f"dev: generated {GENERATED_PY.relative_to(ROOT)}", file=sys.stderr)
+    if not ensure_node_packages():
+        print("dev: node is not on PATH: generated/ts was NOT regenerated", file=sys.stderr)
+        return 1
+    if GENERATED_TS.exists():
+        shutil.rmtree(GENERATED_TS)
+    generate_ts_into(GENERATED_TS)
+    print(f"dev: generated {GENERATED_TS.relative_to(ROOT)}", file=sys.stderr)
     return 0
 
 
@@ -123,7 +173,14 @@ def check_generated_fresh() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "python"
         generate_into(fresh)
-        stale = _tree_diff(fresh, GENERATED_PY)
+        stale = [f"python/{f}" for f in _tree_diff(fresh, GENERATED_PY)]
+        if ensure_node_packages():
+            fresh_ts = Path(tmp) / "ts"
+            generate_ts_into(fresh_ts)
+            stale += [f"ts/{f}" for f in _tree_diff(fresh_ts, GENERATED_TS)]
+        else:
+            print("dev: SKIPPED the generated/ts freshness check: node is not on PATH",
+                  file=sys.stderr)  # fmt: skip
     if stale:
         print(
             "generated/ is stale; run `python3 dev.py generate` and commit. Differs:",
@@ -151,6 +208,9 @@ def test(pytest_args: list[str]) -> int:
         print(f"dev: {name}", file=sys.stderr, flush=True)
         if _run(*cmd, check=False) != 0:
             failed.append(name)
+    if not node_available():
+        print("dev: node is not on PATH: the TypeScript client suite will be SKIPPED",
+              file=sys.stderr)  # fmt: skip
     rc = _run(PY, "-m", "pytest", *pytest_args, check=False)
     if failed:
         print(f"dev: FAILED checks: {', '.join(failed)}", file=sys.stderr)

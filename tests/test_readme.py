@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import Databases
@@ -51,3 +52,20 @@ def test_the_readme_books_a_session_into_a_project_and_unlinks_it(
     assert "projectId" not in unlinked["session"]  # type: ignore[operator]
     assert "projectId" not in got["session"]  # type: ignore[operator]
     assert got["session"]["title"] == "Drums"  # type: ignore[index]
+
+
+def test_the_readme_python_snippet_books_and_unlinks(databases: Databases, tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- readme-python -->\s*```python\n(.*?)```", readme, flags=re.DOTALL)
+    assert block, "the README lost its Python snippet"
+    server = start_serve(tmp_path, master_url=databases.create("readme_py_master"))
+    try:
+        env = {**os.environ, "PORT": str(server.port), "STUDIO_DATA_DIR": str(tmp_path)}
+        result = subprocess.run(
+            [sys.executable, "-c", block.group(1)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "linked: True after unlink: False"

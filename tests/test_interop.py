@@ -1,0 +1,80 @@
+"""Tools no one here wrote, talking to the server through reflection: grpcurl and buf curl."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from google.rpc.error_details_pb2 import ErrorInfo
+
+from tests.conftest import ApiServer, Tenant
+
+BIN = Path(sys.executable).parent
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _grpcurl(
+    server: ApiServer, *command: str, flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    return _run(str(BIN / "grpcurl"), "-plaintext", *flags, server.address, *command)
+
+
+def test_grpcurl_lists_describes_calls_and_reads_error_details(
+    api_server: ApiServer, studio: Tenant
+) -> None:
+    listed = _grpcurl(api_server, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert {"studio.v1.SessionService", "studio.v1.ProjectService",
+            "grpc.health.v1.Health"} <= set(listed.stdout.split())  # fmt: skip
+
+    described = _grpcurl(api_server, "describe", "studio.v1.Session")
+    assert "optional int64 project_id = 4" in described.stdout
+
+    auth = f"authorization: Bearer {studio.key}"
+    made = _grpcurl(api_server, "studio.v1.ClientService/CreateClient",
+                    flags=("-H", auth, "-d", '{"client": {"name": "Via grpcurl"}}'))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["client"]["name"] == "Via grpcurl"
+
+    missing = _grpcurl(api_server, "studio.v1.SessionService/GetSession",
+                       flags=("-H", auth, "-d", '{"id": "424242"}'))  # fmt: skip
+    assert missing.returncode != 0
+    assert "Code: NotFound" in missing.stderr
+    detail = json.loads(missing.stderr.split("1)", 1)[1])
+    assert detail["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert detail["reason"] == "SESSION_NOT_FOUND"
+
+
+def _buf_curl(server: ApiServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return _run(str(BIN / "buf"), "curl", "--protocol", "grpc", "--http2-prior-knowledge", *args)
+
+
+def test_buf_curl_lists_calls_and_reads_error_details(
+    api_server: ApiServer, studio: Tenant
+) -> None:
+    base = f"http://{api_server.address}"
+    methods = _buf_curl(api_server, "--list-methods", base)
+    assert "studio.v1.SessionService/UpdateSession" in methods.stdout.split()
+
+    auth = f"authorization: Bearer {studio.key}"
+    made = _buf_curl(api_server, "-H", auth, "-d", '{"room": {"name": "Via buf"}}',
+                     f"{base}/studio.v1.RoomService/CreateRoom")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["room"]["name"] == "Via buf"
+
+    invalid = _buf_curl(api_server, "-H", auth, "-d", '{"session": {"clientId": "1"}}',
+                        f"{base}/studio.v1.SessionService/CreateSession")  # fmt: skip
+    assert invalid.returncode != 0
+    error = json.loads(invalid.stderr)
+    assert error["code"] == "invalid_argument"
+    [info] = [d for d in error["details"] if d["type"] == "google.rpc.ErrorInfo"]
+    assert ErrorInfo.FromString(base64.b64decode(info["value"] + "==")).reason == (
+        "INVALID_ARGUMENT"
+    )
+    assert any(d["type"] == "google.rpc.BadRequest" for d in error["details"])
