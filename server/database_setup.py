@@ -17,7 +17,7 @@ from sqlalchemy import select
 from db.engines import create_engine_for
 from db.local_postgres import LocalPostgres
 from db.master_tables import organizations
-from db.migrations.fleet import run_fleet
+from db.migrations.fleet import Fleet, FleetOptions
 from db.migrations.runner import Status
 from db.tenant_catalog import with_database
 from db.tenants import create_database_if_missing, provision_tenant
@@ -63,15 +63,12 @@ async def open_databases(database_url: str | None, data_dir: Path) -> Databases:
 
 async def migrate_all(master_url: str) -> bool:
     """Apply pending migrations to the master and every tenant; False if the master failed."""
-    ok = True
-    async for report in run_fleet(master_url, mode="up"):
-        level = (
-            logging.INFO if report.status in {Status.APPLIED, Status.UP_TO_DATE} else logging.ERROR
-        )
-        log.log(level, "migrate %s: %s %s", report.target, report.status, report.error or "")
-        if report.target == "master" and level == logging.ERROR:
-            ok = False
-    return ok
+    reports = await Fleet(master_url, FleetOptions(mode="up")).run()
+    for report in reports:
+        good = report.status in {Status.APPLIED, Status.UP_TO_DATE}
+        log.log(logging.INFO if good else logging.ERROR, "migrate %s: %s %s",
+                report.target, report.status, report.error or "")  # fmt: skip
+    return reports[0].status in {Status.APPLIED, Status.UP_TO_DATE}
 
 
 async def ensure_demo_tenant(master_url: str, data_dir: Path) -> DemoTenant:

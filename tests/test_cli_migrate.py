@@ -114,4 +114,4 @@ async def test_the_fleet_run_migrates_every_tenant_and_reports_each_failure(
 def test_help_explains_the_exit_codes() -> None:
     result = studio("migrate", "--help")
     assert result.returncode == 0
-    assert "6  `status` only: migrations are pending" in result.stdout
+    assert "6    `status` only: migrations are pending" in result.stdout

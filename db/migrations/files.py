@@ -1,4 +1,9 @@
-"""Reading migration files: names, versions, header directives and checksums."""
+"""Reading migration files: names, versions, header directives, checksums, pre-flight checks.
+
+Header directives are `-- migrate: ...` comment lines before any SQL:
+    -- migrate: no-transaction                       run statement by statement, in autocommit
+    -- migrate: lock_timeout=2s statement_timeout=10min
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
+
+from db.migrations.sql_split import Statement, loose_form, split_statements
 
 __all__ = [
     "Kind",
@@ -21,6 +28,19 @@ __all__ = [
 Kind = Literal["master", "tenant"]
 FILENAME = re.compile(r"^(?P<version>\d{4,})_(?P<name>[a-z0-9_]+)\.sql$")
 DIRECTIVE = re.compile(r"^--\s*migrate:\s*(?P<body>.*)$")
+SETTINGS = {"lock_timeout", "statement_timeout"}
+TIMEOUT_VALUE = re.compile(r"^\d+(ms|s|min|h)?$")
+# Statements PostgreSQL refuses inside a transaction block.
+OUTSIDE_TRANSACTION_ONLY = re.compile(
+    r"^(CREATE\s+(UNIQUE\s+)?INDEX\s+CONCURRENTLY|DROP\s+INDEX\s+CONCURRENTLY"
+    r"|REINDEX\b.*\bCONCURRENTLY|ALTER\s+TABLE\b.*\bDETACH\s+PARTITION\b.*\bCONCURRENTLY"
+    r"|VACUUM|ALTER\s+SYSTEM|CREATE\s+DATABASE|DROP\s+DATABASE|CREATE\s+TABLESPACE)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+TRANSACTION_CONTROL = re.compile(
+    r"^(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END|SAVEPOINT|RELEASE)\b\s*;?$",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -30,7 +50,14 @@ class MigrationFile:
     filename: str
     sql: str
     checksum: str
+    checksum_loose: str  # equal loose checksums: the files differ only in comments/spacing
+    transactional: bool
     lock_timeout: str | None
+    statement_timeout: str | None
+
+    @property
+    def statements(self) -> list[Statement]:
+        return split_statements(self.sql)
 
 
 def migrations_dir(kind: Kind) -> Path:
@@ -50,7 +77,6 @@ def checksum(text: str) -> str:
 
 
 def _directives(filename: str, text: str) -> dict[str, str]:
-    """`-- migrate: key=value ...` lines at the top of a file (before any SQL)."""
     found: dict[str, str] = {}
     for line in text.split("\n"):
         stripped = line.strip()
@@ -62,18 +88,37 @@ def _directives(filename: str, text: str) -> dict[str, str]:
         if not match:
             continue
         for item in match.group("body").split():
-            key, _, value = item.partition("=")
-            if key not in {"lock_timeout"}:
-                raise ValueError(f"{filename}: unknown directive '-- migrate: {item}'")
-            found[key] = value
+            key, sep, value = item.partition("=")
+            if key == "no-transaction" and not sep:
+                found[key] = "yes"
+            elif key in SETTINGS and TIMEOUT_VALUE.match(value):
+                found[key] = value
+            else:
+                raise ValueError(f"unknown or malformed directive '-- migrate: {item}'")
     return found
+
+
+def _preflight(file: MigrationFile) -> list[str]:
+    """Problems found by reading the file alone, before anything runs anywhere."""
+    problems = []
+    for statement in file.statements:
+        text = statement.text.strip()
+        where = f"{file.filename}:{statement.line}"
+        if TRANSACTION_CONTROL.match(text):
+            problems.append(f"{where}: transaction control in a migration file; the runner "
+                            "owns the transaction (use `-- migrate: no-transaction`)")  # fmt: skip
+        elif file.transactional and OUTSIDE_TRANSACTION_ONLY.match(text):
+            problems.append(f"{where}: cannot run inside a transaction; put it in a file with "
+                            "`-- migrate: no-transaction`")  # fmt: skip
+    return problems
 
 
 def load_migrations(directory: Path) -> tuple[list[MigrationFile], list[str]]:
     """All migration files of a folder in version order, and the problems that refuse them.
 
-    Problems (a badly named file, two files with one version, a file that is not UTF-8) are
-    returned rather than raised, so the caller can report every one before changing anything.
+    Problems (a badly named file, two files with one version, a bad directive, a statement
+    that cannot run in the file's transaction) are returned rather than raised, so the caller
+    can report every one before changing anything.
     """
     problems: list[str] = []
     by_version: dict[int, MigrationFile] = {}
@@ -94,12 +139,17 @@ def load_migrations(directory: Path) -> tuple[list[MigrationFile], list[str]]:
                 f"{path.name}: duplicate version {version} (also {by_version[version].filename})"
             )
             continue
-        by_version[version] = MigrationFile(
+        file = MigrationFile(
             version=version,
             name=match.group("name"),
             filename=path.name,
             sql=text,
             checksum=checksum(text),
+            checksum_loose=checksum(loose_form(text)),
+            transactional="no-transaction" not in directives,
             lock_timeout=directives.get("lock_timeout"),
+            statement_timeout=directives.get("statement_timeout"),
         )
+        problems += _preflight(file)
+        by_version[version] = file
     return [by_version[v] for v in sorted(by_version)], problems

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Statement", "split_statements"]
+__all__ = ["Statement", "loose_form", "split_statements"]
 
 DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 
@@ -117,3 +117,31 @@ def split_statements(sql: str) -> list[Statement]:
         end = _skip_token(sql, i)
         i = end if end is not None else i + 1
     return statements
+
+
+def loose_form(sql: str) -> str:
+    """The SQL without comments and with white space collapsed (literals kept verbatim):
+    two files with the same loose form differ only cosmetically."""
+    out: list[str] = []
+
+    def space() -> None:
+        if out and out[-1] != " ":
+            out.append(" ")
+
+    i = 0
+    while i < len(sql):
+        if sql[i].isspace():
+            space()
+            i += 1
+            continue
+        end = _skip_token(sql, i)
+        if end is None:
+            out.append(sql[i])
+            i += 1
+        elif sql.startswith(("--", "/*"), i):
+            space()
+            i = end
+        else:
+            out.append(sql[i:end])
+            i = end
+    return "".join(out).strip()
