@@ -89,6 +89,7 @@ class FleetOptions:
     canary: int = 0
     only: frozenset[str] | None = None  # re-run just these targets (e.g. from a report)
     lock_wait: float = 60.0
+    tenant_dir: Path | None = None  # tenant files other than the built-in ones
 
 
 @dataclass
@@ -124,7 +125,7 @@ class Fleet:
         self._emit(master)
         if not targets:
             return self.reports
-        files, problems = load_migrations(migrations_dir("tenant"))
+        files, problems = load_migrations(self.options.tenant_dir or migrations_dir("tenant"))
         canary, rest = targets[: self.options.canary], targets[self.options.canary :]
         await self._run_group(canary, files, problems)
         if any(r.status in BAD for r in self.reports[1:]):

@@ -77,7 +77,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action.add_argument(
             "--migrations-dir",
             type=Path,
-            help="use the files of this folder instead of the built-in ones",
+            help="use the files of this folder instead of the built-in ones (fleet: tenant files)",
         )
         action.add_argument(
             "--lock-wait",
@@ -235,9 +235,9 @@ class _Output:
 
 async def _run(args: argparse.Namespace) -> int:
     url = configured_database_url()
-    if not args.database_url and (args.mode in {"baseline", "repair"} or args.migrations_dir):
+    if not args.database_url and args.mode in {"baseline", "repair"}:
         print(
-            "studio migrate: baseline, repair and --migrations-dir need --database-url",
+            "studio migrate: baseline and repair need --database-url",
             file=sys.stderr,
         )
         return EXIT_CONFIG
@@ -274,6 +274,7 @@ async def _run(args: argparse.Namespace) -> int:
                     canary=args.canary,
                     lock_wait=args.lock_wait,
                     only=_failed_targets(args.only_failed) if args.only_failed else None,
+                    tenant_dir=args.migrations_dir,
                 ),
                 on_report=out.report,
                 on_plan=out.plan,

@@ -1,0 +1,281 @@
+"""`studio migrate` over a fleet of tenant databases on two PostgreSQL servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from db.local_postgres import LocalPostgres
+from db.migrations.fleet import Fleet, FleetOptions, run_one
+from db.migrations.runner import Status
+from db.tenant_catalog import with_database
+from db.tenants import provision_tenant
+from server.cli.migrate import exit_code
+from tests.conftest import Databases
+from tests.serving import STUDIO
+
+SLOW = 0.4  # seconds a test migration sleeps, so that runs overlap
+
+
+@pytest.fixture(scope="session")
+def second_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Another PostgreSQL server: tenants live on more than one."""
+    cluster = LocalPostgres(tmp_path_factory.mktemp("second") / "data", durable=False)
+    cluster.start()
+    try:
+        yield cluster.url()
+    finally:
+        cluster.stop("immediate")
+
+
+@dataclass
+class FleetSetup:
+    master_url: str
+    tenants: dict[str, str]  # slug -> conninfo
+    tenant_dir: Path
+
+    def fleet(self, **options: object) -> Fleet:
+        return Fleet(self.master_url, FleetOptions(tenant_dir=self.tenant_dir, **options))  # type: ignore[arg-type]
+
+    def studio(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "STUDIO_DATABASE_URL": self.master_url}
+        return subprocess.run(
+            [STUDIO, "migrate", *args, "--migrations-dir", str(self.tenant_dir)],
+            env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+
+def _one(url: str, query: str, params: tuple[object, ...] = ()) -> object:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(query, params).fetchone()
+        return None if row is None else row[0]
+
+
+@pytest.fixture
+def fleet_setup(
+    databases: Databases,
+    second_server: str,
+    tenant_migrations: object,
+    request: pytest.FixtureRequest,
+) -> FleetSetup:
+    """A master on the test server, three tenants there and three on the second server, all
+    at version 8, and a tenant folder (built-in files) a test can add files to."""
+    master_url = databases.create("fleet")
+    label = request.node.name.split("[")[0][5:17].replace("_", "-").strip("-")
+
+    async def provision() -> dict[str, str]:
+        await run_one(master_url, "master", mode="up")
+        made = {}
+        for n in range(6):
+            server = None if n < 3 else second_server
+            tenant = await provision_tenant(master_url, name=f"{label} {n}", server_url=server)
+            made[tenant.slug] = with_database(server or master_url, tenant.database_name)
+        return made
+
+    tenants = asyncio.run(provision())
+    return FleetSetup(master_url, tenants, tenant_migrations())  # type: ignore[operator]
+
+
+def _add(setup: FleetSetup, name: str, sql: str) -> None:
+    (setup.tenant_dir / name).write_text(sql)
+
+
+def _version(url: str) -> object:
+    return _one(url, "SELECT max(version) FROM studio_migrate.history WHERE status = 'applied'")
+
+
+async def _peak_connections(setup: FleetSetup, stop: asyncio.Event) -> dict[str, int]:
+    """Sample, per server, how many migration connections are open at once."""
+    servers = {url.split("dbname=")[0] + "dbname=postgres" for url in setup.tenants.values()}
+    peak = dict.fromkeys(servers, 0)
+    while not stop.is_set():
+        for server in servers:
+            async with await psycopg.AsyncConnection.connect(server) as conn:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE application_name = 'studio-migrate up' AND datname LIKE '%\\_t\\_%'"
+                )
+                row = await cur.fetchone()
+                peak[server] = max(peak[server], int(row[0]) if row else 0)
+        await asyncio.sleep(0.02)
+    return peak
+
+
+async def test_a_fleet_run_reaches_every_tenant_on_both_servers_within_its_bounds(
+    fleet_setup: FleetSetup,
+) -> None:
+    _add(fleet_setup, "0009_add_session_tags.sql",
+         f"SELECT pg_sleep({SLOW});\nALTER TABLE sessions ADD COLUMN tags text[];\n")  # fmt: skip
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(_peak_connections(fleet_setup, stop))
+    reports = await fleet_setup.fleet(jobs=4, max_per_server=2).run()
+    stop.set()
+    peaks = await sampler
+
+    assert reports[0].target == "master"
+    tenants = reports[1:]
+    assert len(tenants) == 6
+    assert {r.status for r in tenants} == {Status.APPLIED}
+    assert all(r.applied == [9] and (r.before, r.after) == (8, 9) for r in tenants)
+    assert len({r.server for r in tenants}) == 2
+    assert all(1 <= peak <= 2 for peak in peaks.values()), peaks  # --max-per-server 2
+    for url in fleet_setup.tenants.values():
+        assert _version(url) == 9
+
+
+async def test_one_tenant_failing_half_way_changes_nothing_there_and_stops_no_one(
+    fleet_setup: FleetSetup, tmp_path: Path
+) -> None:
+    broken_slug, broken_url = next(iter(fleet_setup.tenants.items()))
+    with psycopg.connect(broken_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE session_tags (id int)")  # in the way of line 3
+    _add(fleet_setup, "0009_add_tags.sql",
+         "ALTER TABLE sessions ADD COLUMN tags text[];\n\n"
+         "CREATE TABLE session_tags (session_id bigint, tag text);\n")  # fmt: skip
+    report_file = tmp_path / "report.jsonl"
+
+    result = fleet_setup.studio("up", "--json", "--report", str(report_file))
+
+    assert result.returncode == 4, result.stdout + result.stderr
+    entries = [json.loads(line) for line in report_file.read_text().splitlines()]
+    by_target = {e["target"]: e for e in entries if "target" in e}
+    failed = by_target[f"tenant {broken_slug}"]
+    assert failed["status"] == "failed"
+    assert failed["error"]["file"] == "0009_add_tags.sql"
+    assert failed["error"]["line"] == 3
+    assert failed["error"]["sqlstate"] == "42P07"
+    assert failed["server"]
+    assert sum(e["status"] == "applied" for e in by_target.values()) == 5
+    # the failed file left no part of itself: line 1's column is not there
+    assert _one(broken_url, "SELECT count(*) FROM information_schema.columns"
+                " WHERE table_name = 'sessions' AND column_name = 'tags'") == 0  # fmt: skip
+    assert entries[-1]["summary"]["by_status"] == {"up-to-date": 1, "applied": 5, "failed": 1}
+
+    with psycopg.connect(broken_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE session_tags")
+    again = fleet_setup.studio("up", "--json", "--only-failed", str(report_file))
+    assert again.returncode == 0, again.stdout + again.stderr
+    visited = [json.loads(line) for line in again.stdout.splitlines()][:-1]
+    assert [(v["target"], v["status"]) for v in visited] == [
+        ("master", "up-to-date"),
+        (f"tenant {broken_slug}", "applied"),
+    ]
+
+
+async def test_fleet_runners_started_together_apply_each_file_exactly_once(
+    fleet_setup: FleetSetup,
+) -> None:
+    _add(fleet_setup, "0009_slow.sql", f"SELECT pg_sleep({SLOW});\nCREATE TABLE nine (id int);\n")
+    runs = await asyncio.gather(*(fleet_setup.fleet(jobs=3).run() for _ in range(3)))
+    for url in fleet_setup.tenants.values():
+        assert _one(url, "SELECT count(*) FROM studio_migrate.history WHERE version = 9") == 1
+    applied = [r for run in runs for r in run[1:] if r.applied]
+    assert sorted(r.target for r in applied) == sorted(f"tenant {s}" for s in fleet_setup.tenants)
+    assert all(r.status in {Status.APPLIED, Status.UP_TO_DATE} for run in runs for r in run)
+
+
+@pytest.mark.parametrize("policy", ["on_error_stop", "max_failures", "canary"])
+async def test_policies_stop_starting_tenants_after_failures(
+    fleet_setup: FleetSetup, policy: str
+) -> None:
+    slugs = list(fleet_setup.tenants)
+    for slug in slugs[:2]:  # the first two tenants will fail
+        with psycopg.connect(fleet_setup.tenants[slug], autocommit=True) as conn:
+            conn.execute("CREATE TABLE nine (id int)")
+    _add(fleet_setup, "0009_nine.sql", "CREATE TABLE nine (id int);\n")
+    options = {
+        "on_error_stop": {"jobs": 1, "on_error": "stop"},
+        "max_failures": {"jobs": 1, "max_failures": 2},
+        "canary": {"jobs": 4, "canary": 2},
+    }[policy]
+
+    everything = await fleet_setup.fleet(**options).run()
+    reports = everything[1:]
+
+    statuses = [r.status for r in reports]
+    expected_failed = 1 if policy == "on_error_stop" else 2
+    assert statuses.count(Status.FAILED) == expected_failed
+    assert Status.APPLIED not in statuses
+    assert statuses.count(Status.SKIPPED) == 6 - expected_failed
+    assert exit_code(everything, fleet=True) == 4
+
+
+async def test_an_unreachable_tenant_is_reported_and_the_others_migrate(
+    fleet_setup: FleetSetup,
+) -> None:
+    slug = next(iter(fleet_setup.tenants))
+    with psycopg.connect(fleet_setup.master_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE tenant_databases SET server_url = 'postgresql://postgres@127.0.0.1:1/x'"
+            " WHERE organization_id = (SELECT id FROM organizations WHERE slug = %s)",
+            (slug,),
+        )
+    _add(fleet_setup, "0009_nine.sql", "CREATE TABLE nine (id int);\n")
+    reports = {r.target: r for r in await fleet_setup.fleet().run()}
+    assert reports[f"tenant {slug}"].status is Status.UNREACHABLE
+    assert sum(r.status is Status.APPLIED for r in reports.values()) == 5
+
+
+def test_status_all_reads_the_fleet_from_a_role_that_cannot_write(
+    fleet_setup: FleetSetup, databases: Databases
+) -> None:
+    _add(fleet_setup, "0009_nine.sql", "CREATE TABLE nine (id int);\n")
+    behind = next(iter(fleet_setup.tenants.values()))
+    role = f"{databases.name('reader')}_role"
+    with psycopg.connect(databases.server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE pg_read_all_data")
+    try:
+        reader_url = psycopg.conninfo.make_conninfo(fleet_setup.master_url, user=role)
+        env = {**os.environ, "STUDIO_DATABASE_URL": reader_url}
+        # only the tenants on this server: the second server has no such role
+        with psycopg.connect(fleet_setup.master_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM tenant_databases WHERE server_url IS NOT NULL")
+        result = subprocess.run(
+            [STUDIO, "migrate", "status", "--all", "--migrations-dir", str(fleet_setup.tenant_dir)],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        with psycopg.connect(databases.server_url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert "3 of 4 databases behind or broken" in result.stdout
+    assert _version(behind) == 8  # status changed nothing
+
+
+def test_sigint_stops_starting_tenants_and_rolls_back_the_one_in_flight(
+    fleet_setup: FleetSetup, tmp_path: Path
+) -> None:
+    _add(fleet_setup, "0009_slow.sql", "CREATE TABLE nine (id int);\nSELECT pg_sleep(30);\n")
+    report_file = tmp_path / "report.jsonl"
+    env = {**os.environ, "STUDIO_DATABASE_URL": fleet_setup.master_url}
+    process = subprocess.Popen(
+        [STUDIO, "migrate", "up", "--jobs", "1", "--report", str(report_file),
+         "--migrations-dir", str(fleet_setup.tenant_dir)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not (report_file.exists() and "master" in report_file.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.0)  # the first tenant is in its pg_sleep now
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+
+    assert process.returncode == 130, out + err
+    entries = [json.loads(line) for line in report_file.read_text().splitlines()]
+    statuses = [e["status"] for e in entries if "target" in e]
+    assert statuses.count("interrupted") == 1
+    assert statuses.count("skipped") == 5
+    assert entries[-1]["summary"]["exit_code"] == 130
+    for url in fleet_setup.tenants.values():  # the one in flight rolled back
+        assert _one(url, "SELECT to_regclass('nine')") is None
