@@ -6,6 +6,7 @@
                                                   buf lint, then the pytest suite
     python3 dev.py generate                       regenerate generated/ from protos/
     python3 dev.py lock                           re-pin transitive dependencies (requirements.lock)
+    python3 dev.py bench fleet [--tenants 200]    the fleet migration benchmark (bench/)
 
 It is the "Makefile" of the project, written in Python so that a fresh machine with only
 Python needs nothing else. It uses the standard library alone: it runs before the venv exists.
@@ -233,25 +234,41 @@ def lock() -> int:
     return 0
 
 
+BENCHES = {"fleet": "bench.fleet_migrate"}
+
+
+def exec_studio(args: list[str]) -> int:
+    ensure_venv()
+    os.execve(BIN / "studio", [str(BIN / "studio"), *args], _env())
+
+
+def bench(args: list[str]) -> int:
+    ensure_venv()
+    if not args or args[0] not in BENCHES:
+        print(f"dev: bench takes one of {sorted(BENCHES)}", file=sys.stderr)
+        return 2
+    return _run(PY, "-m", BENCHES[args[0]], *args[1:], check=False)
+
+
+COMMANDS = {
+    "serve": lambda rest: exec_studio(["serve", *rest]),
+    "studio": exec_studio,
+    "test": test,
+    "generate": lambda _rest: generate(),
+    "bench": bench,
+    "lock": lambda _rest: lock(),
+}
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
         return 0 if argv else 2
-    cmd, rest = argv[0], argv[1:]
-    if cmd == "serve":
-        ensure_venv()
-        os.execve(BIN / "studio", [str(BIN / "studio"), "serve", *rest], _env())
-    if cmd == "studio":
-        ensure_venv()
-        os.execve(BIN / "studio", [str(BIN / "studio"), *rest], _env())
-    if cmd == "test":
-        return test(rest)
-    if cmd == "generate":
-        return generate()
-    if cmd == "lock":
-        return lock()
-    print(f"dev: unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
-    return 2
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"dev: unknown command {argv[0]!r}\n{__doc__}", file=sys.stderr)
+        return 2
+    return command(argv[1:])
 
 
 if __name__ == "__main__":

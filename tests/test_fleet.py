@@ -279,3 +279,32 @@ def test_sigint_stops_starting_tenants_and_rolls_back_the_one_in_flight(
     assert entries[-1]["summary"]["exit_code"] == 130
     for url in fleet_setup.tenants.values():  # the one in flight rolled back
         assert _one(url, "SELECT to_regclass('nine')") is None
+
+
+def test_on_a_terminal_a_fleet_run_shows_a_live_progress_bar(fleet_setup: FleetSetup) -> None:
+    _add(fleet_setup, "0009_nine.sql", "CREATE TABLE nine (id int);\n")
+    primary, secondary = os.openpty()  # stderr is a terminal, as for an operator
+    env = {**os.environ, "STUDIO_DATABASE_URL": fleet_setup.master_url}
+    process = subprocess.Popen(
+        [STUDIO, "migrate", "up", "--migrations-dir", str(fleet_setup.tenant_dir)],
+        env=env, stdout=subprocess.PIPE, stderr=secondary, text=True,
+    )  # fmt: skip
+    os.close(secondary)
+    stdout, _ = process.communicate(timeout=120)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(primary)
+    assert process.returncode == 0
+    final = [line for line in screen.decode().split("\r") if "[" in line][-1]
+    assert "[##############################] 7/7" in final
+    assert "applied 6" in final
+    assert "up-to-date 1" in final
+    assert "ETA" in screen.decode()
+    assert stdout.strip() == "applied: 6 up-to-date: 1"

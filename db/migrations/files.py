@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
@@ -55,8 +56,9 @@ class MigrationFile:
     lock_timeout: str | None
     statement_timeout: str | None
 
-    @property
+    @cached_property
     def statements(self) -> list[Statement]:
+        """Split once per file and reused for every database of a fleet run."""
         return split_statements(self.sql)
 
 

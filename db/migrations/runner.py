@@ -123,7 +123,7 @@ class _Plan:
 
 
 def _statement_checksums(file: MigrationFile) -> list[str]:
-    return [checksum(s.text) for s in file.statements]
+    return [checksum(s.text) for s in file.statements]  # only for no-transaction files
 
 
 def _plan(files: list[MigrationFile], applied: list[history.AppliedMigration]) -> _Plan:
