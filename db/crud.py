@@ -13,7 +13,14 @@ if TYPE_CHECKING:
     from sqlalchemy import RowMapping
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["delete_row", "fetch_row", "insert_row", "list_rows", "update_row"]
+__all__ = [
+    "delete_row",
+    "fetch_by_request_id",
+    "fetch_row",
+    "insert_row",
+    "list_rows",
+    "update_row",
+]
 
 Lock = Literal["update", "share"] | None
 
@@ -44,12 +51,19 @@ async def insert_row(
     row = (await conn.execute(statement.returning(table))).mappings().first()
     if row is not None:
         return row, True
-    existing = (
-        (await conn.execute(select(table).where(table.c.create_request_id == request_id)))
-        .mappings()
-        .one()
-    )
+    assert request_id is not None
+    existing = await fetch_by_request_id(conn, table, request_id)
+    assert existing is not None  # the conflicting row
     return existing, False
+
+
+async def fetch_by_request_id(
+    conn: AsyncConnection, table: Table, request_id: str
+) -> RowMapping | None:
+    """The row a create with this idempotency key made, if any."""
+    query = select(table).where(table.c.create_request_id == request_id)
+    row: RowMapping | None = (await conn.execute(query)).mappings().first()
+    return row
 
 
 async def update_row(

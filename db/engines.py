@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 __all__ = ["create_engine_for"]
 
 
+STATEMENT_TIMEOUT_MS = 30_000  # no statement of the service runs longer, whatever the caller
+
+
 def create_engine_for(
     conninfo: str, *, pool_size: int = 5, max_overflow: int = 0, pool_timeout: float = 30.0
 ) -> AsyncEngine:
-    """An engine whose connections come from `conninfo` (URL or key=value form)."""
+    """An engine whose connections come from `conninfo` (URL or key=value form). Each
+    connection caps its statements at STATEMENT_TIMEOUT_MS, set once when it opens."""
+
+    given = conninfo_to_dict(conninfo).get("options") or ""
+    options = f"{given} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip()
 
     async def connect() -> psycopg.AsyncConnection[tuple[object, ...]]:
-        return await psycopg.AsyncConnection.connect(conninfo)
+        return await psycopg.AsyncConnection.connect(conninfo, options=options)
 
     return create_async_engine(
         "postgresql+psycopg://",

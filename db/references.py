@@ -4,18 +4,21 @@ until the transaction ends."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, delete, exists, select
+from sqlalchemy import ColumnElement, delete, exists, literal, select
+from sqlalchemy.dialects.postgresql import insert
 
 from db.tables import clients, projects, sessions, tracks
 
 if TYPE_CHECKING:
+    from sqlalchemy import RowMapping
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = [
     "client_exists",
     "delete_project_tracks",
+    "insert_session_checked",
     "lock_project_client",
     "project_has_sessions",
     "session_filters",
@@ -72,3 +75,33 @@ def session_filters(
     if start_before is not None:
         where.append(sessions.c.start_time < start_before)
     return where
+
+
+async def insert_session_checked(
+    conn: AsyncConnection, values: dict[str, Any], *, request_id: str | None
+) -> RowMapping | None:
+    """Book a session in ONE statement: the project (if any) is locked FOR SHARE and must
+    belong to the session's client, else nothing is inserted and None comes back; with a
+    request id, a retry inserts nothing and None comes back too. The caller tells the cases
+    apart on that (rare) path; the common path is a single round trip."""
+    columns = [*values, "create_request_id"]
+    row = select(
+        *(literal(values[c], sessions.c[c].type).label(c) for c in values),
+        literal(request_id, sessions.c.create_request_id.type).label("create_request_id"),
+    )
+    project_id = values.get("project_id")
+    if project_id is not None:
+        owner = (
+            select(projects.c.client_id)
+            .where(projects.c.id == project_id)
+            .with_for_update(read=True)
+            .cte("project_owner")
+        )
+        row = row.where(exists().where(owner.c.client_id == values["client_id"]))
+    statement = insert(sessions).from_select(columns, row)
+    if request_id is not None:
+        statement = statement.on_conflict_do_nothing(index_elements=["create_request_id"])
+    result: RowMapping | None = (
+        (await conn.execute(statement.returning(sessions))).mappings().first()
+    )
+    return result

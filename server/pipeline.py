@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.message import DecodeError, Message
-from sqlalchemy import text
 
 from server.context import Ctx
 from server.error_mapping import error_from_exception, is_retryable, to_status
@@ -49,7 +48,6 @@ class Call:
     request_id: str
     principal: Principal | None = None
     request: Message | None = None
-    timeout_ms: int | None = None
     db: AsyncConnection | None = None
     error: ApiError | None = None
 
@@ -108,16 +106,9 @@ async def map_errors(call: Call, next_: Next) -> Message:
 
 
 class Pipeline:
-    def __init__(
-        self,
-        authenticator: Authenticator,
-        engines: TenantEngines,
-        *,
-        statement_timeout_cap_ms: int = 30_000,
-    ) -> None:
+    def __init__(self, authenticator: Authenticator, engines: TenantEngines) -> None:
         self.authenticator = authenticator
         self.engines = engines
-        self.statement_timeout_cap_ms = statement_timeout_cap_ms
         self.middleware: tuple[Middleware, ...] = (
             log_call,
             map_errors,
@@ -142,13 +133,14 @@ class Pipeline:
         return response.SerializeToString()
 
     async def apply_deadline(self, call: Call, next_: Next) -> Message:
-        """The caller's deadline bounds our work: statement_timeout, and a timeout here."""
+        """The caller's deadline bounds our work: when it passes, the call is cancelled, and
+        psycopg cancels the statement running in PostgreSQL (the transaction rolls back).
+        Every connection also caps statements with statement_timeout (db/engines.py)."""
         remaining = call.context.time_remaining()
         if remaining is None:
             return await next_(call)
         if remaining <= 0:
             raise DeadlineExceeded("DEADLINE_EXCEEDED", "the call's deadline had passed")
-        call.timeout_ms = max(1, min(int(remaining * 1000), self.statement_timeout_cap_ms))
         async with asyncio.timeout(remaining):
             return await next_(call)
 
@@ -175,14 +167,17 @@ class Pipeline:
 
     async def in_transaction(self, call: Call, next_: Next) -> Message:
         """One transaction per call, retried when PostgreSQL reports a serialization failure
-        or a deadlock (the procedure runs again from the start)."""
+        or a deadlock (the procedure runs again from the start). A single-statement procedure
+        runs in autocommit: no BEGIN and COMMIT round trips for what one statement does."""
         assert call.principal is not None
         engine = self.engines.get(call.principal.tenant)
         for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             try:
+                if call.procedure.single_statement:
+                    async with engine.connect() as conn:
+                        call.db = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                        return await next_(call)
                 async with engine.begin() as call.db:
-                    if call.timeout_ms is not None:
-                        await _set_statement_timeout(call.db, call.timeout_ms)
                     return await next_(call)
             except Exception as exc:
                 if attempt == TRANSACTION_ATTEMPTS or not is_retryable(exc):
@@ -212,7 +207,3 @@ def method_handlers(
         return handle
 
     return {p.name: grpc.unary_unary_rpc_method_handler(behavior(p)) for p in procedures}
-
-
-async def _set_statement_timeout(conn: AsyncConnection, timeout_ms: int) -> None:
-    await conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))

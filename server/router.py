@@ -38,7 +38,8 @@ class Procedure:
     request_type: type[Message]
     response_type: type[Message]
     handler: Handler
-    query: bool  # read-only: no transaction, and allowed for read-only keys
+    query: bool  # read-only: allowed for read-only keys
+    single_statement: bool  # one statement does all (queries, some mutations): autocommit
 
     @property
     def path(self) -> str:
@@ -55,9 +56,13 @@ class Router:
         self.procedures: dict[str, Procedure] = {}
 
     def procedure(
-        self, name: str
+        self, name: str, *, single_statement: bool | None = None
     ) -> Callable[[Callable[[Ctx, Req], Awaitable[Resp]]], Callable[[Ctx, Req], Awaitable[Resp]]]:
+        """Register a procedure. Queries run without a transaction (one SELECT is atomic);
+        a mutation runs in one transaction unless it declares `single_statement=True`, that
+        is, its success path is a single statement (which PostgreSQL makes atomic)."""
         method = self.service.methods_by_name[name]
+        query = method.GetOptions().idempotency_level == NO_SIDE_EFFECTS
 
         def register(
             handler: Callable[[Ctx, Req], Awaitable[Resp]],
@@ -69,7 +74,8 @@ class Router:
                 request_type=GetMessageClass(method.input_type),
                 response_type=GetMessageClass(method.output_type),
                 handler=handler,
-                query=method.GetOptions().idempotency_level == NO_SIDE_EFFECTS,
+                query=query,
+                single_statement=query if single_statement is None else single_statement,
             )
             return handler
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import UTC
 from typing import TYPE_CHECKING
 
-from db.references import client_exists, lock_project_client, session_filters
+from db.crud import fetch_by_request_id
+from db.references import (
+    client_exists,
+    insert_session_checked,
+    lock_project_client,
+    session_filters,
+)
 from db.tables import sessions
 from server import standard_methods
 from server.errors import FailedPrecondition
@@ -93,15 +99,20 @@ async def list_sessions(ctx: Ctx, request: pb.ListSessionsRequest) -> pb.ListSes
     return pb.ListSessionsResponse(sessions=items, next_page_token=next_token)
 
 
-@router.procedure("CreateSession")
+@router.procedure("CreateSession", single_statement=True)
 async def create_session(ctx: Ctx, request: pb.CreateSessionRequest) -> pb.CreateSessionResponse:
-    async def check(session: pb.Session) -> None:
-        await _check_project(ctx, session)
-
-    session = await standard_methods.create(
-        ctx, SESSION, request.session, request.request_id, check=check
-    )
-    return pb.CreateSessionResponse(session=session)
+    """One statement books the session, with the project locked and checked in it (the hot
+    path is one round trip). When nothing was inserted: a retried request id, or a refused
+    project, told apart here."""
+    request_id = request.request_id or None
+    values = SESSION.insert_values(request.session)
+    row = await insert_session_checked(ctx.db, values, request_id=request_id)
+    if row is None and request_id is not None:
+        row = await fetch_by_request_id(ctx.db, sessions, request_id)
+    if row is None:
+        await _check_project(ctx, request.session)  # raises why the project was refused
+        raise AssertionError("a refused insert with a valid project")  # pragma: no cover
+    return pb.CreateSessionResponse(session=SESSION.to_message(row))
 
 
 @router.procedure("UpdateSession")
