@@ -47,7 +47,9 @@ class ServingServer:
 async def start_server(
     host: str, port: int, pipeline: Pipeline, routers: tuple[Router, ...]
 ) -> ServingServer:
-    server = grpc.aio.server()
+    # SO_REUSEPORT: several worker processes may listen on one port (`serve --workers N`),
+    # and the kernel spreads new connections over them.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     services = []
     for router in routers:
         name = router.service.full_name

@@ -60,7 +60,7 @@ def start_serve(
         for line in process.stdout:
             server.output.append(line)
             if line.startswith(READY):
-                server.port = int(line.rsplit(":", 1)[1])
+                server.port = int(line.rsplit(":", 1)[1].split()[0])
                 ready.set()
 
     server.reader = threading.Thread(target=read, daemon=True)

@@ -90,3 +90,21 @@ def test_serve_without_a_database_url_runs_embedded_postgres_that_survives_a_res
     output = "".join(restarted.output)
     assert "(exists)" in output  # the same data: the demo studio was found, not made again
     assert _demo_key(tmp_path) == key
+
+
+def test_serve_with_workers_runs_that_many_processes_on_one_port(
+    databases: Databases, tmp_path: Path
+) -> None:
+    server = start_serve(tmp_path, "--workers", "2", master_url=databases.create("workers"))
+    try:
+        assert "(2 workers)" in "".join(server.output)
+        children = [
+            p for p in Path("/proc").iterdir()
+            if p.name.isdigit() and (p / "stat").exists()
+            and (p / "stat").read_text().split(") ")[-1].split()[1] == str(server.process.pid)
+        ]  # fmt: skip
+        assert len(children) == 2
+        for _ in range(4):  # new connections, spread by the kernel; each answers
+            assert _health(server.address) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert server.terminate() == 0

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
+from db.local_postgres import free_port
 from server.app import start_app
 from server.cli._common import configured_database_url, default_data_dir
 from server.database_setup import ensure_demo_tenant, migrate_all, open_databases
@@ -49,7 +51,43 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight calls get to finish on SIGTERM"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT); one per core scales with cores",
+    )
     parser.set_defaults(run=run)
+
+
+async def _run_workers(args: argparse.Namespace, master_url: str, stop: asyncio.Event) -> int:
+    """N single-process servers on one port; this process set up the databases and only
+    supervises (it forwards SIGTERM and waits for them)."""
+    port = args.port or free_port()
+    command = [
+        sys.executable, "-m", "server.cli", "serve", "--host", args.host, "--port", str(port),
+        "--skip-migrations", "--no-demo", "--grace", str(args.grace),
+        "--key-cache-seconds", str(args.key_cache_seconds),
+    ]  # fmt: skip
+    env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
+    workers = [
+        await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE)
+        for _ in range(args.workers)
+    ]
+    for worker in workers:  # each announces when it listens
+        assert worker.stdout is not None
+        line = await worker.stdout.readline()
+        if not line.startswith(b"serving gRPC on"):
+            log.error("a worker did not start; stopping")
+            stop.set()
+    if not stop.is_set():
+        print(f"serving gRPC on {args.host}:{port} ({args.workers} workers)", flush=True)
+    await stop.wait()
+    for worker in workers:
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+    codes = [await worker.wait() for worker in workers]
+    return 0 if all(code == 0 for code in codes) else EXIT_STARTUP_FAILED
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +116,8 @@ async def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if args.workers > 1:
+            return await _run_workers(args, databases.master_url, stop)
         app = await start_app(
             databases.master_url,
             host=args.host,
