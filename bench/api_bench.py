@@ -247,6 +247,7 @@ def h2load(
     binary: str, address: str, key: str, method: str, body: Path, clients: int, seconds: float,
     log: Path,
 ) -> Run:  # fmt: skip
+    log.unlink(missing_ok=True)  # h2load appends to its log file
     result = subprocess.run(
         [binary, "-c", str(clients), "-m", "1", "-D", str(int(seconds)), "--warm-up-time", "1",
          "-d", str(body), "--log-file", str(log),
