@@ -80,13 +80,20 @@ async def start_app(
     tenant_pool_size: int = 5,
     key_cache_seconds: float = 5.0,
     max_db_connections: int = 200,
+    max_concurrent_calls: int | None = 1000,
 ) -> App:
     master = create_engine_for(master_url, pool_size=5, pool_timeout=5.0)
     authenticator = Authenticator(master, cache_seconds=key_cache_seconds)
     engines = TenantEngines(
         master_url, pool_size=tenant_pool_size, max_connections=max_db_connections
     )
-    serving = await start_server(host, port, Pipeline(authenticator, engines), ROUTERS)
+    serving = await start_server(
+        host,
+        port,
+        Pipeline(authenticator, engines),
+        ROUTERS,
+        max_concurrent_calls=max_concurrent_calls,
+    )
     app = App(serving, engines, authenticator)
     app.tasks = [
         asyncio.create_task(_watch_master(app)),

@@ -45,11 +45,19 @@ class ServingServer:
 
 
 async def start_server(
-    host: str, port: int, pipeline: Pipeline, routers: tuple[Router, ...]
+    host: str,
+    port: int,
+    pipeline: Pipeline,
+    routers: tuple[Router, ...],
+    *,
+    max_concurrent_calls: int | None = None,
 ) -> ServingServer:
     # SO_REUSEPORT: several worker processes may listen on one port (`serve --workers N`),
-    # and the kernel spreads new connections over them.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    # and the kernel spreads new connections over them. Past max_concurrent_calls, grpc
+    # answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 1)], maximum_concurrent_rpcs=max_concurrent_calls
+    )
     services = []
     for router in routers:
         name = router.service.full_name

@@ -61,6 +61,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="tenant database connections one process may hold (idle pools are closed first)",
     )
     parser.add_argument(
+        "--max-concurrent-calls",
+        type=int,
+        default=1000,
+        help="calls in flight per process; more are refused at once with RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -78,6 +84,7 @@ async def _run_workers(args: argparse.Namespace, master_url: str, stop: asyncio.
         "--skip-migrations", "--no-demo", "--grace", str(args.grace),
         "--key-cache-seconds", str(args.key_cache_seconds),
         "--max-db-connections", str(args.max_db_connections),
+        "--max-concurrent-calls", str(args.max_concurrent_calls),
     ]  # fmt: skip
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
     workers = [
@@ -144,6 +151,7 @@ async def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             key_cache_seconds=args.key_cache_seconds,
             max_db_connections=args.max_db_connections,
+            max_concurrent_calls=args.max_concurrent_calls,
         )
         # What start-up allocated lives as long as the process: keep the collector off it, so
         # that full collections stay short instead of pausing calls for 100+ ms.

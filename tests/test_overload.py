@@ -1,0 +1,78 @@
+"""Too much at once: calls beyond the limit are refused at once, and the server recovers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+
+from studio.v1 import client_pb2, session_pb2
+from tests.api import Api
+from tests.conftest import ApiServer
+from tests.serving import start_serve
+
+LIMIT = 4
+
+
+def test_calls_beyond_the_limit_get_resource_exhausted_at_once_and_the_server_recovers(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    tenant = api_server.new_tenant("overload")
+    server = start_serve(tmp_path, "--no-demo", "--skip-migrations",
+                         "--max-concurrent-calls", str(LIMIT),
+                         master_url=api_server.master_url)  # fmt: skip
+    api = None
+    try:
+        api = Api(server.address, tenant.key)
+        session = api.session(api.client().id, api.room().id)
+        locked, release = threading.Event(), threading.Event()
+
+        def hold_the_row() -> None:
+            with psycopg.connect(tenant.url) as conn:
+                conn.execute("SELECT 1 FROM sessions WHERE id = %s FOR UPDATE", (session.id,))
+                locked.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold_the_row)
+        holder.start()
+        assert locked.wait(10)
+        update = session_pb2.UpdateSessionRequest(
+            session=session_pb2.Session(id=session.id, title="Waiting")
+        )
+        with ThreadPoolExecutor(LIMIT) as pool:
+            stuck = [
+                pool.submit(api.sessions.UpdateSession, update, timeout=30) for _ in range(LIMIT)
+            ]
+            time.sleep(1.0)  # all LIMIT calls are in flight, waiting for the row
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as raised:
+                api.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10)
+            assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() - started < 1.0  # refused, not queued
+            release.set()
+            assert all(f.result().session.title == "Waiting" for f in stuck)
+        holder.join()
+        # load is gone: calls are served again
+        assert api.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10).clients
+    finally:
+        if api is not None:
+            api.close()
+        server.terminate()
+
+
+def test_an_oversized_message_is_resource_exhausted(api_server: ApiServer) -> None:
+    tenant = api_server.new_tenant("huge")
+    api = api_server.api(tenant.key)
+    try:
+        huge = client_pb2.Client(name="x", notes="n" * (5 * 1024 * 1024))
+        with pytest.raises(grpc.RpcError) as raised:
+            api.clients.CreateClient(client_pb2.CreateClientRequest(client=huge), timeout=10)
+        assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert not api.clients.ListClients(client_pb2.ListClientsRequest()).clients
+    finally:
+        api.close()
