@@ -13,6 +13,7 @@ from sqlalchemy import text
 from db.engines import create_engine_for
 from db.tenant_engines import TenantEngines
 from server.auth import Authenticator
+from server.auth_throttle import FailedAuthThrottle
 from server.grpc_server import ServingServer, start_server
 from server.pipeline import Pipeline
 from server.routers import ROUTERS
@@ -81,6 +82,7 @@ async def start_app(
     key_cache_seconds: float = 5.0,
     max_db_connections: int = 200,
     max_concurrent_calls: int | None = 1000,
+    auth_failures_per_second: float = 5.0,
 ) -> App:
     master = create_engine_for(master_url, pool_size=5, pool_timeout=5.0)
     authenticator = Authenticator(master, cache_seconds=key_cache_seconds)
@@ -90,7 +92,11 @@ async def start_app(
     serving = await start_server(
         host,
         port,
-        Pipeline(authenticator, engines),
+        Pipeline(
+            authenticator,
+            engines,
+            FailedAuthThrottle(per_second=auth_failures_per_second),
+        ),
         ROUTERS,
         max_concurrent_calls=max_concurrent_calls,
     )

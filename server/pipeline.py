@@ -21,9 +21,17 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from server.auth_throttle import FailedAuthThrottle, peer_host
 from server.context import Ctx
 from server.error_mapping import error_from_exception, is_retryable, to_status
-from server.errors import ApiError, DeadlineExceeded, Internal, InvalidArgument, PermissionDenied
+from server.errors import (
+    ApiError,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+)
 from server.validation import validate
 
 if TYPE_CHECKING:
@@ -106,9 +114,15 @@ async def map_errors(call: Call, next_: Next) -> Message:
 
 
 class Pipeline:
-    def __init__(self, authenticator: Authenticator, engines: TenantEngines) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        engines: TenantEngines,
+        throttle: FailedAuthThrottle | None = None,
+    ) -> None:
         self.authenticator = authenticator
         self.engines = engines
+        self.throttle = throttle or FailedAuthThrottle()
         self.middleware: tuple[Middleware, ...] = (
             log_call,
             map_errors,
@@ -145,9 +159,15 @@ class Pipeline:
             return await next_(call)
 
     async def authenticate(self, call: Call, next_: Next) -> Message:
-        call.principal = await self.authenticator.authenticate(
-            tuple(call.context.invocation_metadata() or ())
-        )
+        peer = peer_host(call.context.peer())
+        self.throttle.check(peer)
+        try:
+            call.principal = await self.authenticator.authenticate(
+                tuple(call.context.invocation_metadata() or ())
+            )
+        except Unauthenticated:
+            self.throttle.failed(peer)
+            raise
         if not call.procedure.query and not call.principal.can_write:
             raise PermissionDenied(
                 "READ_ONLY_KEY", f"a read-only key cannot call {call.procedure.name}"

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from studio.v1 import client_pb2, session_pb2
-from tests.api import Api
+from tests.api import Api, failure
 from tests.conftest import ApiServer
 from tests.serving import start_serve
 
@@ -76,3 +76,29 @@ def test_an_oversized_message_is_resource_exhausted(api_server: ApiServer) -> No
         assert not api.clients.ListClients(client_pb2.ListClientsRequest()).clients
     finally:
         api.close()
+
+
+def test_failed_authentications_are_throttled_per_address(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    tenant = api_server.new_tenant("guessing")
+    server = start_serve(tmp_path, "--no-demo", "--skip-migrations",
+                         "--auth-failures-per-second", "2",
+                         master_url=api_server.master_url)  # fmt: skip
+    guesser, owner = Api(server.address, "sk_000000000000_guess"), Api(server.address, tenant.key)
+    try:
+        answers = []
+        for _ in range(60):  # a burst of 50 failures is allowed, then the address is slowed
+            with pytest.raises(grpc.RpcError) as raised:
+                guesser.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10)
+            answers.append((raised.value.code(), failure(raised.value).reason))
+        assert answers[:50] == [(grpc.StatusCode.UNAUTHENTICATED, "INVALID_API_KEY")] * 50
+        assert set(answers[52:]) == {
+            (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_FAILED_AUTHENTICATIONS")
+        }
+        time.sleep(1.0)  # tokens come back at 2 a second
+        owner.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10)
+    finally:
+        guesser.close()
+        owner.close()
+        server.terminate()

@@ -67,6 +67,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="calls in flight per process; more are refused at once with RESOURCE_EXHAUSTED",
     )
     parser.add_argument(
+        "--auth-failures-per-second",
+        type=float,
+        default=5.0,
+        help="failed authentications allowed per client address per second (burst 50)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -85,6 +91,7 @@ async def _run_workers(args: argparse.Namespace, master_url: str, stop: asyncio.
         "--key-cache-seconds", str(args.key_cache_seconds),
         "--max-db-connections", str(args.max_db_connections),
         "--max-concurrent-calls", str(args.max_concurrent_calls),
+        "--auth-failures-per-second", str(args.auth_failures_per_second),
     ]  # fmt: skip
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
     workers = [
@@ -152,6 +159,7 @@ async def _serve(args: argparse.Namespace) -> int:
             key_cache_seconds=args.key_cache_seconds,
             max_db_connections=args.max_db_connections,
             max_concurrent_calls=args.max_concurrent_calls,
+            auth_failures_per_second=args.auth_failures_per_second,
         )
         # What start-up allocated lives as long as the process: keep the collector off it, so
         # that full collections stay short instead of pausing calls for 100+ ms.
