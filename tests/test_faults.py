@@ -1,0 +1,116 @@
+"""Faults with real processes: a database restarted under load, a tenant database gone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+
+from db.local_postgres import LocalPostgres
+from db.tenant_catalog import with_database
+from db.tenants import provision_tenant
+from studio.v1 import client_pb2, session_pb2
+from tests.api import Api, failure
+from tests.conftest import ApiServer
+from tests.serving import start_serve
+
+CALLERS = 4
+
+
+def test_a_database_restart_under_load_loses_no_acknowledged_booking(tmp_path: Path) -> None:
+    cluster = LocalPostgres(tmp_path / "pg" / "data", durable=False)
+    cluster.start()
+    server = None
+    try:
+        master_url = cluster.url("studio_master")
+        server = start_serve(tmp_path / "serve", "--no-demo", master_url=master_url)
+        tenant = asyncio.run(provision_tenant(master_url, name="Under Load"))
+        tenant_url = with_database(master_url, tenant.database_name)
+        setup = Api(server.address, tenant.api_key)
+        client, room = setup.client(), setup.room()
+        setup.close()
+
+        acknowledged: list[str] = []
+        refusals: Counter[str] = Counter()
+        lock, enough = threading.Lock(), threading.Event()
+
+        def caller(index: int) -> None:
+            api = Api(server.address, tenant.api_key)  # type: ignore[union-attr]
+            try:
+                n = 0
+                while not enough.is_set():
+                    n += 1
+                    request_id = str(uuid.uuid4())
+                    deadline = time.monotonic() + 60
+                    while True:  # retry with the same request_id until acknowledged
+                        try:
+                            start = 1_900_000_000 + index * 10_000_000 + n * 3600
+                            api.session(client.id, room.id, request_id=request_id, start=start)
+                            break
+                        except grpc.RpcError as error:
+                            with lock:
+                                refusals[f"{error.code().name}/{failure(error).reason}"] += 1
+                            assert time.monotonic() < deadline, "never recovered"
+                            time.sleep(0.1)
+                    with lock:
+                        acknowledged.append(request_id)
+            finally:
+                api.close()
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(CALLERS)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        cluster.stop("fast")  # PostgreSQL goes away in the middle of the load...
+        time.sleep(2.0)
+        cluster.start(port=cluster.port)  # ...and comes back on the same address
+        time.sleep(2.0)
+        enough.set()
+        for thread in threads:
+            thread.join(120)
+
+        print(f"2 s outage: {len(acknowledged)} bookings acknowledged, refusals {dict(refusals)}")
+        assert len(acknowledged) > CALLERS * 10
+        assert refusals, "the outage was not noticed by any call"
+        assert {r.split("/")[0] for r in refusals} <= {"UNAVAILABLE"}, refusals
+        with psycopg.connect(tenant_url) as conn:
+            rows = conn.execute(
+                "SELECT create_request_id::text, count(*) FROM sessions"
+                " WHERE create_request_id IS NOT NULL GROUP BY 1"
+            ).fetchall()
+        assert sorted(r for r, _ in rows) == sorted(acknowledged)  # every one, none lost
+        assert {count for _, count in rows} == {1}  # none twice
+        assert server.process.poll() is None  # the server needed no restart
+    finally:
+        if server is not None:
+            server.terminate()
+        cluster.stop("immediate")
+
+
+def test_a_tenant_whose_database_is_gone_is_unavailable_and_others_are_not(
+    api_server: ApiServer, databases: object
+) -> None:
+    gone, fine = api_server.new_tenant("gone"), api_server.new_tenant("fine")
+    lost, kept = api_server.api(gone.key), api_server.api(fine.key)
+    try:
+        lost.client("Before")
+        with psycopg.connect(with_database(gone.url, "postgres"), autocommit=True) as conn:
+            dbname = psycopg.conninfo.conninfo_to_dict(gone.url)["dbname"]
+            conn.execute(f'DROP DATABASE "{dbname}" WITH (FORCE)')
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as raised:
+                lost.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10)
+            got = failure(raised.value)
+            assert (got.code, got.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+        assert kept.client("Unaffected").name == "Unaffected"
+        assert kept.sessions.ListSessions(session_pb2.ListSessionsRequest()).sessions == []
+    finally:
+        lost.close()
+        kept.close()
