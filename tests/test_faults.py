@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 import uuid
@@ -114,3 +115,52 @@ def test_a_tenant_whose_database_is_gone_is_unavailable_and_others_are_not(
     finally:
         lost.close()
         kept.close()
+
+
+def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    tenant = api_server.new_tenant("shutdown")
+    server = start_serve(tmp_path, "--no-demo", "--skip-migrations", "--grace", "10",
+                         master_url=api_server.master_url)  # fmt: skip
+    api = Api(server.address, tenant.key)
+    session = api.session(api.client().id, api.room().id)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        with psycopg.connect(tenant.url) as conn:
+            conn.execute("SELECT 1 FROM sessions WHERE id = %s FOR UPDATE", (session.id,))
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    assert locked.wait(10)
+    results: list[object] = []
+    in_flight = threading.Thread(target=lambda: results.append(api.sessions.UpdateSession(
+        session_pb2.UpdateSessionRequest(session=session_pb2.Session(id=session.id, title="Late")),
+        timeout=30)))  # fmt: skip
+    in_flight.start()
+    time.sleep(0.5)  # the update waits for the row
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    late = Api(server.address, tenant.key)  # a new caller after SIGTERM
+    try:
+        with pytest.raises(grpc.RpcError) as raised:
+            late.clients.ListClients(client_pb2.ListClientsRequest(), timeout=5)
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        late.close()
+    release.set()
+    in_flight.join(30)
+    holder.join()
+    started = time.monotonic()
+    assert server.terminate(timeout=15) == 0
+    assert time.monotonic() - started < 10
+    [response] = results
+    assert response.session.title == "Late"  # type: ignore[attr-defined]
+    with psycopg.connect(tenant.url) as conn:
+        assert conn.execute(
+            "SELECT title FROM sessions WHERE id = %s", (session.id,)
+        ).fetchone() == ("Late",)
+    api.close()
