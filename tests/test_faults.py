@@ -164,3 +164,69 @@ def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(
             "SELECT title FROM sessions WHERE id = %s", (session.id,)
         ).fetchone() == ("Late",)
     api.close()
+
+
+def test_kill_9_of_the_server_loses_nothing_that_was_acknowledged(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    tenant = api_server.new_tenant("killed")
+    args = ("--no-demo", "--skip-migrations")
+    server = start_serve(tmp_path / "a", *args, master_url=api_server.master_url)
+    setup = Api(server.address, tenant.key)
+    client, room = setup.client(), setup.room()
+    setup.close()
+    acknowledged, unanswered, lock = [], [], threading.Lock()
+    stop = threading.Event()
+
+    def caller(index: int) -> None:
+        api = Api(server.address, tenant.key)
+        n = 0
+        try:
+            while not stop.is_set():
+                n += 1
+                request_id = str(uuid.uuid4())
+                try:
+                    api.session(client.id, room.id, request_id=request_id,
+                                start=1_950_000_000 + index * 10_000_000 + n * 3600)  # fmt: skip
+                except grpc.RpcError:
+                    with lock:
+                        unanswered.append(request_id)  # maybe stored, maybe not: retry later
+                    return
+                with lock:
+                    acknowledged.append(request_id)
+        finally:
+            api.close()
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(CALLERS)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    server.process.kill()  # kill -9, mid-load
+    for thread in threads:
+        thread.join(30)
+    stop.set()
+    server.terminate()
+
+    with psycopg.connect(tenant.url) as conn:
+        stored = {r for (r,) in conn.execute(
+            "SELECT create_request_id::text FROM sessions WHERE create_request_id IS NOT NULL"
+        ).fetchall()}  # fmt: skip
+    assert acknowledged
+    assert set(acknowledged) <= stored  # nothing acknowledged was lost
+
+    # a new server; the callers retry what was never answered, with the same request ids
+    again = start_serve(tmp_path / "b", *args, master_url=api_server.master_url)
+    api = Api(again.address, tenant.key)
+    try:
+        for request_id in unanswered:
+            api.session(client.id, room.id, request_id=request_id, start=1_999_000_000)
+        with psycopg.connect(tenant.url) as conn:
+            counts = conn.execute(
+                "SELECT count(*), count(DISTINCT create_request_id) FROM sessions"
+                " WHERE create_request_id IS NOT NULL"
+            ).fetchone()
+        assert counts is not None
+        assert counts[0] == counts[1] == len(set(acknowledged) | set(unanswered))
+    finally:
+        api.close()
+        again.terminate()
