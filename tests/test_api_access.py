@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from db.local_postgres import LocalPostgres
-from studio.v1 import client_pb2, session_pb2
+from studio.v1 import client_pb2, project_pb2, room_pb2, session_pb2
 from tests.api import Api, failure
 from tests.conftest import ApiServer, Tenant
 from tests.serving import STUDIO, start_serve
@@ -192,3 +192,67 @@ def test_health_follows_the_master_database(tmp_path: Path) -> None:
     finally:
         server.terminate()
         cluster.stop("immediate")
+
+
+def test_a_studio_cannot_reach_another_studios_rows_through_any_rpc(
+    api_server: ApiServer,
+) -> None:
+    owner_tenant, other_tenant = api_server.new_tenant("owner"), api_server.new_tenant("other")
+    owner, other = api_server.api(owner_tenant.key), api_server.api(other_tenant.key)
+    try:
+        client = owner.client("Owner's client")
+        room = owner.room("Owner's room")
+        project = owner.project(client.id)
+        session = owner.session(client.id, room.id, project_id=project.id)
+        before = _snapshot(owner, client.id, room.id, project.id, session.id)
+        not_found = grpc.StatusCode.NOT_FOUND
+        calls = {
+            "GetClient": lambda: other.clients.GetClient(client_pb2.GetClientRequest(id=client.id)),
+            "UpdateClient": lambda: other.clients.UpdateClient(client_pb2.UpdateClientRequest(
+                client=client_pb2.Client(id=client.id, name="Stolen"))),
+            "DeleteClient": lambda: other.clients.DeleteClient(
+                client_pb2.DeleteClientRequest(id=client.id)),
+            "GetRoom": lambda: other.rooms.GetRoom(room_pb2.GetRoomRequest(id=room.id)),
+            "UpdateRoom": lambda: other.rooms.UpdateRoom(room_pb2.UpdateRoomRequest(
+                room=room_pb2.Room(id=room.id, name="Stolen"))),
+            "DeleteRoom": lambda: other.rooms.DeleteRoom(room_pb2.DeleteRoomRequest(id=room.id)),
+            "GetProject": lambda: other.projects.GetProject(
+                project_pb2.GetProjectRequest(id=project.id)),
+            "UpdateProject": lambda: other.projects.UpdateProject(project_pb2.UpdateProjectRequest(
+                project=project_pb2.Project(id=project.id, name="Stolen"))),
+            "DeleteProject": lambda: other.projects.DeleteProject(
+                project_pb2.DeleteProjectRequest(id=project.id, force=True)),
+            "GetSession": lambda: other.sessions.GetSession(
+                session_pb2.GetSessionRequest(id=session.id)),
+            "UpdateSession": lambda: other.sessions.UpdateSession(session_pb2.UpdateSessionRequest(
+                session=session_pb2.Session(id=session.id, title="Stolen"))),
+            "DeleteSession": lambda: other.sessions.DeleteSession(
+                session_pb2.DeleteSessionRequest(id=session.id)),
+        }  # fmt: skip
+        for name, call in calls.items():
+            code, _reason = _code_and_reason(call)
+            assert code is not_found, name
+        # creates that refer to the owner's rows find nothing to refer to
+        assert _code_and_reason(lambda: other.project(client.id))[1] == "CLIENT_NOT_FOUND"
+        assert _code_and_reason(lambda: other.session(client.id, room.id))[1] == (
+            "CLIENT_NOT_FOUND"
+        )
+        # lists show nothing of the owner's
+        assert not other.clients.ListClients(client_pb2.ListClientsRequest()).clients
+        assert not other.rooms.ListRooms(room_pb2.ListRoomsRequest()).rooms
+        assert not other.projects.ListProjects(project_pb2.ListProjectsRequest()).projects
+        assert not other.sessions.ListSessions(session_pb2.ListSessionsRequest()).sessions
+        # and the owner's rows are exactly as they were
+        assert _snapshot(owner, client.id, room.id, project.id, session.id) == before
+    finally:
+        owner.close()
+        other.close()
+
+
+def _snapshot(api: Api, client_id: int, room_id: int, project_id: int, session_id: int) -> tuple:  # type: ignore[type-arg]
+    return (
+        api.clients.GetClient(client_pb2.GetClientRequest(id=client_id)).client,
+        api.rooms.GetRoom(room_pb2.GetRoomRequest(id=room_id)).room,
+        api.projects.GetProject(project_pb2.GetProjectRequest(id=project_id)).project,
+        api.sessions.GetSession(session_pb2.GetSessionRequest(id=session_id)).session,
+    )
