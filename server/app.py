@@ -14,7 +14,7 @@ from db.engines import create_engine_for
 from db.tenant_engines import TenantEngines
 from server.auth import Authenticator
 from server.auth_throttle import FailedAuthThrottle
-from server.grpc_server import ServingServer, start_server
+from server.grpc_server import ServingServer, TlsFiles, start_server
 from server.pipeline import Pipeline
 from server.routers import ROUTERS
 
@@ -83,6 +83,7 @@ async def start_app(
     max_db_connections: int = 200,
     max_concurrent_calls: int | None = 1000,
     auth_failures_per_second: float = 5.0,
+    tls: TlsFiles | None = None,
 ) -> App:
     master = create_engine_for(master_url, pool_size=5, pool_timeout=5.0)
     authenticator = Authenticator(master, cache_seconds=key_cache_seconds)
@@ -99,6 +100,7 @@ async def start_app(
         ),
         ROUTERS,
         max_concurrent_calls=max_concurrent_calls,
+        tls=tls,
     )
     app = App(serving, engines, authenticator)
     app.tasks = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -13,7 +15,7 @@ from server.pipeline import Pipeline, method_handlers
 if TYPE_CHECKING:
     from server.router import Router
 
-__all__ = ["ServingServer", "start_server"]
+__all__ = ["ServingServer", "TlsFiles", "start_server"]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -44,6 +46,23 @@ class ServingServer:
         await self.server.stop(grace)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the server's certificate chain and key, and optionally the CA whose client
+    certificates are required (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=self.client_ca.read_bytes() if self.client_ca else None,
+            require_client_auth=self.client_ca is not None,
+        )
+
+
 async def start_server(
     host: str,
     port: int,
@@ -51,6 +70,7 @@ async def start_server(
     routers: tuple[Router, ...],
     *,
     max_concurrent_calls: int | None = None,
+    tls: TlsFiles | None = None,
 ) -> ServingServer:
     # SO_REUSEPORT: several worker processes may listen on one port (`serve --workers N`),
     # and the kernel spreads new connections over them. Past max_concurrent_calls, grpc
@@ -75,7 +95,12 @@ async def start_server(
         ],
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = (
+        server.add_secure_port(address, tls.credentials())
+        if tls
+        else server.add_insecure_port(address)
+    )
     await server.start()
     serving = ServingServer(server, health_servicer, bound, services)
     await serving.set_serving(True)

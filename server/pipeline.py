@@ -10,6 +10,7 @@ gRPC about failures; everything inside raises `ApiError`s (or lets database erro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
+import psycopg
 from google.protobuf.message import DecodeError, Message
+from sqlalchemy import text
 
 from server.auth_throttle import FailedAuthThrottle, peer_host
 from server.context import Ctx
@@ -196,9 +199,13 @@ class Pipeline:
                 if call.procedure.single_statement:
                     async with engine.connect() as conn:
                         call.db = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                        return await next_(call)
+                        return await _cancelling_on_exit(call.db, next_(call))
                 async with engine.begin() as call.db:
-                    return await next_(call)
+                    remaining = call.context.time_remaining()
+                    if remaining is not None:  # PostgreSQL enforces the deadline itself too
+                        timeout_ms = max(1, int(remaining * 1000))
+                        await call.db.execute(text(f"SET LOCAL statement_timeout = {timeout_ms}"))
+                    return await _cancelling_on_exit(call.db, next_(call))
             except Exception as exc:
                 if attempt == TRANSACTION_ATTEMPTS or not is_retryable(exc):
                     raise
@@ -212,6 +219,21 @@ class Pipeline:
         return await call.procedure.handler(
             Ctx(call.principal, call.db, call.request_id), call.request
         )
+
+
+async def _cancelling_on_exit(conn: AsyncConnection, work: Awaitable[Message]) -> Message:
+    """Run `work`; if the call is cancelled (its deadline passed, the caller went away),
+    cancel the statement PostgreSQL is running for it, so nothing keeps working (or holding
+    locks) for a caller that is gone. The transaction then rolls back."""
+    try:
+        return await work
+    except (asyncio.CancelledError, TimeoutError):
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        if isinstance(driver, psycopg.AsyncConnection):
+            with contextlib.suppress(Exception):
+                await driver.cancel_safe(timeout=2.0)
+        raise
 
 
 def method_handlers(

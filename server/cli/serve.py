@@ -17,6 +17,7 @@ from db.local_postgres import free_port
 from server.app import start_app
 from server.cli._common import configured_database_url, default_data_dir
 from server.database_setup import ensure_demo_tenant, migrate_all, open_databases
+from server.grpc_server import TlsFiles
 
 __all__ = ["add_parser"]
 
@@ -72,6 +73,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=5.0,
         help="failed authentications allowed per client address per second (burst 50)",
     )
+    parser.add_argument("--tls-cert", type=Path, help="serve TLS: certificate chain (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="serve TLS: private key (PEM)")
+    parser.add_argument(
+        "--tls-client-ca", type=Path, help="require client certificates signed by this CA (PEM)"
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -86,13 +92,34 @@ async def _run_workers(args: argparse.Namespace, master_url: str, stop: asyncio.
     supervises (it forwards SIGTERM and waits for them)."""
     port = args.port or free_port()
     command = [
-        sys.executable, "-m", "server.cli", "serve", "--host", args.host, "--port", str(port),
-        "--skip-migrations", "--no-demo", "--grace", str(args.grace),
-        "--key-cache-seconds", str(args.key_cache_seconds),
-        "--max-db-connections", str(args.max_db_connections),
-        "--max-concurrent-calls", str(args.max_concurrent_calls),
-        "--auth-failures-per-second", str(args.auth_failures_per_second),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        "--host",
+        args.host,
+        "--port",
+        str(port),
+        "--skip-migrations",
+        "--no-demo",
+        "--grace",
+        str(args.grace),
+        "--key-cache-seconds",
+        str(args.key_cache_seconds),
+        "--max-db-connections",
+        str(args.max_db_connections),
+        "--max-concurrent-calls",
+        str(args.max_concurrent_calls),
+        "--auth-failures-per-second",
+        str(args.auth_failures_per_second),
+    ]
+    for flag, path in (
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--tls-client-ca", args.tls_client_ca),
+    ):
+        if path:
+            command += [flag, str(path.resolve())]  # fmt: skip
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
     workers = [
         await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE)
@@ -160,6 +187,9 @@ async def _serve(args: argparse.Namespace) -> int:
             max_db_connections=args.max_db_connections,
             max_concurrent_calls=args.max_concurrent_calls,
             auth_failures_per_second=args.auth_failures_per_second,
+            tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+            if args.tls_cert and args.tls_key
+            else None,
         )
         # What start-up allocated lives as long as the process: keep the collector off it, so
         # that full collections stay short instead of pausing calls for 100+ ms.
