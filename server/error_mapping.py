@@ -81,6 +81,10 @@ def _database_error(exc: sqlalchemy.exc.DBAPIError, *, deleting: bool) -> ApiErr
         return AlreadyExists(
             "ALREADY_EXISTS", "that already exists", metadata={"constraint": constraint or ""}
         )
+    if not sqlstate and isinstance(exc, sqlalchemy.exc.DataError):  # refused by the driver
+        return InvalidArgument(
+            "UNSTORABLE_VALUE", "a value cannot be stored (text with a NUL character?)"
+        )
     if sqlstate.startswith(("22", "23")):  # a data or check rule the proto rules missed
         return InvalidArgument(
             "CONSTRAINT_VIOLATION",

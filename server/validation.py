@@ -7,14 +7,11 @@ of their own in protovalidate; ours are named "<field path>.<rule>" (for instanc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import protovalidate
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.errors import FieldViolation, InvalidArgument
-
-if TYPE_CHECKING:
-    from google.protobuf.message import Message
 
 __all__ = ["validate", "validate_resource"]
 
@@ -54,8 +51,35 @@ def _raise_if_any(violations: list[protovalidate.Violation], prefix: str) -> Non
     )
 
 
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31
+
+
+def _malformed_timestamps(message: Message, prefix: str = "") -> list[FieldViolation]:
+    """Timestamps outside what google.protobuf.Timestamp allows (nanos in [0, 1e9), years
+    1-9999): well-formedness, like UTF-8, that no rule in a .proto states."""
+    found = []
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.message_type is None or not isinstance(value, Message):
+            continue  # scalars, and repeated fields (no request repeats a message)
+        if isinstance(value, Timestamp):
+            if not (
+                0 <= value.nanos < 1_000_000_000 and MIN_SECONDS <= value.seconds <= MAX_SECONDS
+            ):
+                found.append(FieldViolation(path, "not a valid timestamp", "INVALID_TIMESTAMP"))
+        else:
+            found += _malformed_timestamps(value, f"{path}.")
+    return found
+
+
 def validate(request: Message) -> None:
     """Raise InvalidArgument listing every violation of the request's rules."""
+    malformed = _malformed_timestamps(request)
+    if malformed:
+        raise InvalidArgument(
+            "INVALID_ARGUMENT", "the request has malformed timestamps",
+            field_violations=tuple(malformed),
+        )  # fmt: skip
     _raise_if_any(_validator.collect_violations(request), "")
 
 
