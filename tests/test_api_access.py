@@ -144,6 +144,20 @@ def test_bytes_that_are_not_a_message_are_an_invalid_argument(
     assert (got.code, got.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
 
 
+def test_a_string_that_is_not_utf8_is_an_invalid_argument(
+    api_server: ApiServer, studio: Tenant
+) -> None:
+    # CreateClientRequest{client: Client{name: <bytes FF FE>}}, encoded by hand
+    name = b"\x12\x02\xff\xfe"
+    body = b"\x0a" + bytes([len(name)]) + name
+    with grpc.insecure_channel(api_server.address) as channel:
+        raw = channel.unary_unary("/studio.v1.ClientService/CreateClient")
+        with pytest.raises(grpc.RpcError) as raised:
+            raw(body, metadata=[("authorization", f"Bearer {studio.key}")], timeout=10)
+    got = failure(raised.value)
+    assert (got.code, got.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+
+
 def test_every_call_is_logged_once_with_its_outcome_and_never_the_key(
     api_server: ApiServer, api: Api, studio: Tenant
 ) -> None:

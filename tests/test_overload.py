@@ -54,6 +54,11 @@ def test_calls_beyond_the_limit_get_resource_exhausted_at_once_and_the_server_re
                 api.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10)
             assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert time.monotonic() - started < 1.0  # refused, not queued
+            rss_before = _rss_mb(server.process.pid)
+            with ThreadPoolExecutor(32) as flood:  # far more than it can serve, at once
+                codes = list(flood.map(lambda _: _code_of(api), range(500)))
+            assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert _rss_mb(server.process.pid) - rss_before < 50  # memory stays bounded
             release.set()
             assert all(f.result().session.title == "Waiting" for f in stuck)
         holder.join()
@@ -63,6 +68,21 @@ def test_calls_beyond_the_limit_get_resource_exhausted_at_once_and_the_server_re
         if api is not None:
             api.close()
         server.terminate()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _code_of(api: Api) -> grpc.StatusCode:
+    try:
+        api.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10)
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
 
 
 def test_an_oversized_message_is_resource_exhausted(api_server: ApiServer) -> None:
