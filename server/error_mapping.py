@@ -73,7 +73,7 @@ def _database_error(exc: sqlalchemy.exc.DBAPIError, *, deleting: bool) -> ApiErr
     constraint = orig.diag.constraint_name if isinstance(orig, psycopg.Error) else None
     if exc.connection_invalidated or sqlstate.startswith("08") or sqlstate in UNAVAILABLE_SQLSTATES:
         return Unavailable("DATABASE_UNAVAILABLE", "the studio's database is unavailable")
-    if sqlstate == "23503":
+    if sqlstate in {"23503", "23001"}:  # foreign key; PostgreSQL 18 reports RESTRICT as 23001
         table = STILL_REFERENCED if deleting else MISSING_REFERENCE
         reason = table.get(constraint or "", "REFERENCE_CONSTRAINT")
         return FailedPrecondition(reason, f"refused: {reason.lower().replace('_', ' ')}")

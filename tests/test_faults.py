@@ -167,7 +167,17 @@ def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(
         session_pb2.UpdateSessionRequest(session=session_pb2.Session(id=session.id, title="Late")),
         timeout=30)))  # fmt: skip
     in_flight.start()
-    time.sleep(0.5)  # the update waits for the row
+    deadline = time.monotonic() + 10
+    while True:  # until the update is really waiting for the row, in PostgreSQL
+        with psycopg.connect(tenant.url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+        if row and row[0]:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     late = Api(server.address, tenant.key)  # a new caller after SIGTERM

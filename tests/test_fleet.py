@@ -96,7 +96,7 @@ def _version(url: str) -> object:
 
 async def _peak_connections(setup: FleetSetup, stop: asyncio.Event) -> dict[str, int]:
     """Sample, per server, how many migration connections are open at once."""
-    servers = {url.split("dbname=")[0] + "dbname=postgres" for url in setup.tenants.values()}
+    servers = {with_database(url, "postgres") for url in setup.tenants.values()}
     peak = dict.fromkeys(servers, 0)
     while not stop.is_set():
         for server in servers:
