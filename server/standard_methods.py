@@ -60,12 +60,8 @@ async def create(
     mapping: ResourceMapping[M],
     resource: M,
     request_id: str,
-    *,
-    check: Callable[[M], Awaitable[None]] | None = None,
 ) -> M:
     """Insert `resource`; a retried request id returns the first result and creates nothing."""
-    if check is not None:
-        await check(resource)
     row, _created = await insert_row(
         ctx.db, mapping.table, mapping.insert_values(resource), request_id=request_id or None
     )

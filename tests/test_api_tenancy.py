@@ -4,7 +4,6 @@ released when a caller's deadline passes."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ from db.tenants import provision_tenant
 from studio.v1 import session_pb2
 from tests.api import Api
 from tests.conftest import ApiServer, Tenant
+from tests.row_lock import SessionRowLock, lock_waiters
 
 POOL_SIZE = 5  # studio serve's default per tenant
 
@@ -70,18 +70,7 @@ def test_a_burst_of_calls_uses_at_most_the_pool_of_its_tenant(api_server: ApiSer
 
 def test_a_callers_deadline_cancels_its_database_work(api: Api, studio: Tenant) -> None:
     session = api.session(api.client().id, api.room().id)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_row() -> None:
-        with psycopg.connect(studio.url) as conn:
-            conn.execute("SELECT 1 FROM sessions WHERE id = %s FOR UPDATE", (session.id,))
-            locked.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    with SessionRowLock(studio.url, session.id):
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as raised:
             api.sessions.UpdateSession(
@@ -92,15 +81,7 @@ def test_a_callers_deadline_cancels_its_database_work(api: Api, studio: Tenant) 
         assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - started < 3
         time.sleep(1.0)
-        with psycopg.connect(studio.url) as conn:
-            waiting = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            ).fetchone()
-        assert waiting == (0,)  # nothing is left queued behind the lock for a gone caller
-    finally:
-        release.set()
-        holder.join()
+        assert lock_waiters(studio.url) == 0  # nothing left queued behind it for a gone caller
     assert api.sessions.GetSession(session_pb2.GetSessionRequest(id=session.id)).session.title == (
         session.title
     )

@@ -21,6 +21,7 @@ from db.tenants import provision_tenant
 from studio.v1 import client_pb2, session_pb2
 from tests.api import Api, failure
 from tests.conftest import ApiServer
+from tests.row_lock import SessionRowLock, lock_waiters
 from tests.serving import start_serve
 
 CALLERS = 4
@@ -151,31 +152,14 @@ def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(
                          master_url=api_server.master_url)  # fmt: skip
     api = Api(server.address, tenant.key)
     session = api.session(api.client().id, api.room().id)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_row() -> None:
-        with psycopg.connect(tenant.url) as conn:
-            conn.execute("SELECT 1 FROM sessions WHERE id = %s FOR UPDATE", (session.id,))
-            locked.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
-    assert locked.wait(10)
+    row_lock = SessionRowLock(tenant.url, session.id).__enter__()
     results: list[object] = []
     in_flight = threading.Thread(target=lambda: results.append(api.sessions.UpdateSession(
         session_pb2.UpdateSessionRequest(session=session_pb2.Session(id=session.id, title="Late")),
         timeout=30)))  # fmt: skip
     in_flight.start()
     deadline = time.monotonic() + 10
-    while True:  # until the update is really waiting for the row, in PostgreSQL
-        with psycopg.connect(tenant.url) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            ).fetchone()
-        if row and row[0]:
-            break
+    while not lock_waiters(tenant.url):  # until the update really waits for the row
         assert time.monotonic() < deadline
         time.sleep(0.05)
     server.process.send_signal(signal.SIGTERM)
@@ -187,9 +171,9 @@ def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(
         assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
     finally:
         late.close()
-    release.set()
+    row_lock.release()
     in_flight.join(30)
-    holder.join()
+    row_lock.__exit__(None, None, None)
     started = time.monotonic()
     assert server.terminate(timeout=15) == 0
     assert time.monotonic() - started < 10

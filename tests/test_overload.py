@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-import psycopg
 import pytest
 
 from studio.v1 import client_pb2, session_pb2
 from tests.api import Api, failure
 from tests.conftest import ApiServer
+from tests.row_lock import SessionRowLock
 from tests.serving import start_serve
 
 LIMIT = 4
@@ -30,17 +29,7 @@ def test_calls_beyond_the_limit_get_resource_exhausted_at_once_and_the_server_re
     try:
         api = Api(server.address, tenant.key)
         session = api.session(api.client().id, api.room().id)
-        locked, release = threading.Event(), threading.Event()
-
-        def hold_the_row() -> None:
-            with psycopg.connect(tenant.url) as conn:
-                conn.execute("SELECT 1 FROM sessions WHERE id = %s FOR UPDATE", (session.id,))
-                locked.set()
-                release.wait(30)
-
-        holder = threading.Thread(target=hold_the_row)
-        holder.start()
-        assert locked.wait(10)
+        row_lock = SessionRowLock(tenant.url, session.id).__enter__()
         update = session_pb2.UpdateSessionRequest(
             session=session_pb2.Session(id=session.id, title="Waiting")
         )
@@ -59,9 +48,9 @@ def test_calls_beyond_the_limit_get_resource_exhausted_at_once_and_the_server_re
                 codes = list(flood.map(lambda _: _code_of(api), range(500)))
             assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
             assert _rss_mb(server.process.pid) - rss_before < 50  # memory stays bounded
-            release.set()
+            row_lock.release()
             assert all(f.result().session.title == "Waiting" for f in stuck)
-        holder.join()
+        row_lock.__exit__(None, None, None)
         # load is gone: calls are served again
         assert api.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10).clients
     finally:

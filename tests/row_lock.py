@@ -1,0 +1,47 @@
+"""An application transaction that holds a session row locked, so that calls touching it wait."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+
+__all__ = ["SessionRowLock", "lock_waiters"]
+
+
+def lock_waiters(url: str) -> int:
+    """How many statements in this database are waiting for a lock right now."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+class SessionRowLock:
+    """`with SessionRowLock(url, id) as lock:` holds the row FOR UPDATE until `lock.release()`
+    (or the end of the block), from a thread of its own."""
+
+    def __init__(self, url: str, session_id: int) -> None:
+        self.url, self.session_id = url, session_id
+        self._locked, self._release = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._hold)
+
+    def _hold(self) -> None:
+        with psycopg.connect(self.url) as conn:
+            conn.execute("SELECT 1 FROM sessions WHERE id = %s FOR UPDATE", (self.session_id,))
+            self._locked.set()
+            self._release.wait(30)
+
+    def __enter__(self) -> SessionRowLock:
+        self._thread.start()
+        assert self._locked.wait(10), "the row was not locked"
+        return self
+
+    def release(self) -> None:
+        self._release.set()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+        self._thread.join()
