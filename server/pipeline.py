@@ -10,7 +10,6 @@ gRPC about failures; everything inside raises `ApiError`s (or lets database erro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
-import psycopg
 from google.protobuf.message import DecodeError, Message
 from sqlalchemy import text
 
@@ -80,8 +78,9 @@ async def log_call(call: Call, next_: Next) -> Message:
     code = "OK"
     try:
         return await next_(call)
-    except asyncio.CancelledError:
-        code = "CANCELLED"
+    except asyncio.CancelledError:  # by gRPC: the caller went away or its deadline passed
+        remaining = call.context.time_remaining()
+        code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
         raise
     except BaseException:
         code = call.error.code.name if call.error else "UNKNOWN"
@@ -150,16 +149,17 @@ class Pipeline:
         return response.SerializeToString()
 
     async def apply_deadline(self, call: Call, next_: Next) -> Message:
-        """The caller's deadline bounds our work: when it passes, the call is cancelled, and
-        psycopg cancels the statement running in PostgreSQL (the transaction rolls back).
-        Every connection also caps statements with statement_timeout (db/engines.py)."""
+        """A call whose deadline has already passed does no work. When it passes during the
+        call, gRPC cancels the call, and psycopg cancels the statement running in PostgreSQL
+        for it (psycopg does so for any cancelled execute; a transaction rolls back).
+        There is no timer of ours as well: a second cancellation arriving while psycopg
+        sends its cancel request would interrupt it and leave the statement running.
+        Transactions also carry the deadline as statement_timeout (in_transaction), and every
+        connection caps statements at 30 s (db/engines.py)."""
         remaining = call.context.time_remaining()
-        if remaining is None:
-            return await next_(call)
-        if remaining <= 0:
+        if remaining is not None and remaining <= 0:
             raise DeadlineExceeded("DEADLINE_EXCEEDED", "the call's deadline had passed")
-        async with asyncio.timeout(remaining):
-            return await next_(call)
+        return await next_(call)
 
     async def authenticate(self, call: Call, next_: Next) -> Message:
         peer = peer_host(call.context.peer())
@@ -199,13 +199,13 @@ class Pipeline:
                 if call.procedure.single_statement:
                     async with engine.connect() as conn:
                         call.db = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                        return await _cancelling_on_exit(call.db, next_(call))
+                        return await next_(call)
                 async with engine.begin() as call.db:
                     remaining = call.context.time_remaining()
                     if remaining is not None:  # PostgreSQL enforces the deadline itself too
                         timeout_ms = max(1, int(remaining * 1000))
                         await call.db.execute(text(f"SET LOCAL statement_timeout = {timeout_ms}"))
-                    return await _cancelling_on_exit(call.db, next_(call))
+                    return await next_(call)
             except Exception as exc:
                 if attempt == TRANSACTION_ATTEMPTS or not is_retryable(exc):
                     raise
@@ -219,21 +219,6 @@ class Pipeline:
         return await call.procedure.handler(
             Ctx(call.principal, call.db, call.request_id), call.request
         )
-
-
-async def _cancelling_on_exit(conn: AsyncConnection, work: Awaitable[Message]) -> Message:
-    """Run `work`; if the call is cancelled (its deadline passed, the caller went away),
-    cancel the statement PostgreSQL is running for it, so nothing keeps working (or holding
-    locks) for a caller that is gone. The transaction then rolls back."""
-    try:
-        return await work
-    except (asyncio.CancelledError, TimeoutError):
-        raw = await conn.get_raw_connection()
-        driver = raw.driver_connection
-        if isinstance(driver, psycopg.AsyncConnection):
-            with contextlib.suppress(Exception):
-                await driver.cancel_safe(timeout=2.0)
-        raise
 
 
 def method_handlers(

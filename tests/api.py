@@ -72,6 +72,7 @@ class Api:
         hours: int = 3,
         title: str = "Tracking day",
         request_id: str = "",
+        timeout: float = 10,
     ) -> session_pb2.Session:
         session = session_pb2.Session(
             client_id=client_id,
@@ -83,7 +84,7 @@ class Api:
         if project_id is not None:
             session.project_id = project_id
         request = session_pb2.CreateSessionRequest(session=session, request_id=request_id)
-        return self.sessions.CreateSession(request, timeout=10).session
+        return self.sessions.CreateSession(request, timeout=timeout).session
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from db.tenants import provision_tenant
 from studio.v1 import session_pb2
 from tests.api import Api
 from tests.conftest import ApiServer, Tenant
-from tests.row_lock import SessionRowLock, lock_waiters
+from tests.row_lock import RowLock, lock_waiters
 
 POOL_SIZE = 5  # studio serve's default per tenant
 
@@ -70,7 +70,7 @@ def test_a_burst_of_calls_uses_at_most_the_pool_of_its_tenant(api_server: ApiSer
 
 def test_a_callers_deadline_cancels_its_database_work(api: Api, studio: Tenant) -> None:
     session = api.session(api.client().id, api.room().id)
-    with SessionRowLock(studio.url, session.id):
+    with RowLock(studio.url, session.id):
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as raised:
             api.sessions.UpdateSession(
@@ -85,3 +85,21 @@ def test_a_callers_deadline_cancels_its_database_work(api: Api, studio: Tenant) 
     assert api.sessions.GetSession(session_pb2.GetSessionRequest(id=session.id)).session.title == (
         session.title
     )
+
+
+def test_a_deadline_cancels_a_single_statement_call_too(api: Api, studio: Tenant) -> None:
+    """CreateSession runs in autocommit (no transaction, no statement_timeout of the call's
+    own): its statement, waiting for a locked project, is cancelled when the deadline passes."""
+    client = api.client()
+    project = api.project(client.id)
+    room = api.room()
+    with RowLock(studio.url, project.id, table="projects"):
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            api.session(client.id, room.id, project_id=project.id, timeout=1.0)
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 3
+        time.sleep(1.0)
+        assert lock_waiters(studio.url) == 0
+    listed = api.sessions.ListSessions(session_pb2.ListSessionsRequest(project_id=project.id))
+    assert list(listed.sessions) == []  # the cancelled booking was not made

@@ -21,7 +21,7 @@ from db.tenants import provision_tenant
 from studio.v1 import client_pb2, session_pb2
 from tests.api import Api, failure
 from tests.conftest import ApiServer
-from tests.row_lock import SessionRowLock, lock_waiters
+from tests.row_lock import RowLock, lock_waiters
 from tests.serving import start_serve
 
 CALLERS = 4
@@ -152,7 +152,7 @@ def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(
                          master_url=api_server.master_url)  # fmt: skip
     api = Api(server.address, tenant.key)
     session = api.session(api.client().id, api.room().id)
-    row_lock = SessionRowLock(tenant.url, session.id).__enter__()
+    row_lock = RowLock(tenant.url, session.id).__enter__()
     results: list[object] = []
     in_flight = threading.Thread(target=lambda: results.append(api.sessions.UpdateSession(
         session_pb2.UpdateSessionRequest(session=session_pb2.Session(id=session.id, title="Late")),

@@ -12,7 +12,7 @@ import pytest
 from studio.v1 import client_pb2, session_pb2
 from tests.api import Api, failure
 from tests.conftest import ApiServer
-from tests.row_lock import SessionRowLock
+from tests.row_lock import RowLock
 from tests.serving import start_serve
 
 LIMIT = 4
@@ -29,7 +29,7 @@ def test_calls_beyond_the_limit_get_resource_exhausted_at_once_and_the_server_re
     try:
         api = Api(server.address, tenant.key)
         session = api.session(api.client().id, api.room().id)
-        row_lock = SessionRowLock(tenant.url, session.id).__enter__()
+        row_lock = RowLock(tenant.url, session.id).__enter__()
         update = session_pb2.UpdateSessionRequest(
             session=session_pb2.Session(id=session.id, title="Waiting")
         )
