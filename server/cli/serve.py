@@ -6,15 +6,14 @@ import argparse
 import asyncio
 import gc
 import logging
-import logging.handlers
 import os
-import queue
 import signal
 import sys
 from pathlib import Path
 
 from db.local_postgres import free_port
 from server.app import start_app
+from server.batched_log import BatchedStreamHandler
 from server.cli._common import configured_database_url, default_data_dir
 from server.database_setup import ensure_demo_tenant, migrate_all, open_databases
 from server.grpc_server import TlsFiles
@@ -142,20 +141,18 @@ async def _run_workers(args: argparse.Namespace, master_url: str, stop: asyncio.
 
 
 def run(args: argparse.Namespace) -> int:
-    # Log records go through a queue to a thread that writes them: a write that blocks (a
-    # slow disk, a full pipe) must not stall the event loop, and with it every call.
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    writer = logging.StreamHandler(sys.stderr)
+    # Log lines are written in batches by a thread: a write that blocks (a slow disk, a full
+    # pipe) must not stall the event loop, and one write per call would cost more than the
+    # call's SQL. Records carry no caller, thread or process fields: nothing prints them.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None  # no caller lookup per record (logging's documented switch)
+    writer = BatchedStreamHandler(sys.stderr)
     writer.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-    listener = logging.handlers.QueueListener(records, writer)
-    enqueue = logging.handlers.QueueHandler(records)
-    enqueue.setFormatter(logging.Formatter("%(message)s"))  # the writer adds time and name
-    logging.basicConfig(level=logging.INFO, handlers=[enqueue])
-    listener.start()
+    logging.basicConfig(level=logging.INFO, handlers=[writer])
     try:
         return asyncio.run(_serve(args))
     finally:
-        listener.stop()
+        writer.close()
 
 
 async def _serve(args: argparse.Namespace) -> int:

@@ -1,0 +1,71 @@
+"""A logging handler that writes in batches from a thread of its own.
+
+One log line per call is a lot of small writes. Writing each in the event loop would stall
+every call whenever the disk or the pipe is slow; handing each to a writer thread (logging's
+QueueListener) wakes that thread once per call, and the two threads trade the GIL for every
+line. Here a record is formatted where it is logged and appended to a buffer; the writer
+wakes every `interval` seconds (or when the buffer is large) and writes all pending lines at
+once. A crash loses at most the last `interval` of lines; a normal exit flushes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import TextIO
+
+__all__ = ["BatchedStreamHandler"]
+
+FLUSH_AT_LINES = 5000  # wake the writer early when this many lines are pending
+
+
+class BatchedStreamHandler(logging.Handler):
+    def __init__(self, stream: TextIO, *, interval: float = 0.05) -> None:
+        super().__init__()
+        self.stream = stream
+        self.interval = interval
+        self._pending: deque[str] = deque()  # append and popleft are thread-safe
+        self._wake = threading.Event()
+        self._stopping = False
+        self._writer = threading.Thread(target=self._write_loop, name="log-writer", daemon=True)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 (logging's contract: report, never raise)
+            self.handleError(record)
+            return
+        self._pending.append(line + "\n")
+        if len(self._pending) >= FLUSH_AT_LINES:
+            self._wake.set()
+
+    def _take(self) -> list[str]:
+        pending = self._pending
+        return [pending.popleft() for _ in range(len(pending))]
+
+    def _write_loop(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            self._write(self._take())
+
+    def _write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        try:
+            self.stream.write("".join(lines))
+            self.stream.flush()
+        except (OSError, ValueError):  # the stream is gone (a closed pipe): nothing to do
+            pass
+
+    def flush(self) -> None:
+        self._write(self._take())
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._writer.join(timeout=5)
+        self.flush()
+        super().close()
