@@ -2,6 +2,7 @@
 
     python3 dev.py bench api [--sessions 1000000] [--tenants 1000] [--concurrency 1,16,64]
                              [--seconds 5] [--workers 1,2] [--out bench/results.md]
+                             [--only GetSession,...] [--profile DIR]
 
 It starts its own PostgreSQL (fsync and synchronous commit on; or uses STUDIO_DATABASE_URL's
 server), provisions a big studio (1,000 clients, 10 rooms, 10,000 projects, 1,000,000
@@ -10,6 +11,10 @@ it over real gRPC with h2load (Debian's nghttp2-client, installed if missing). h
 any HTTP 200 as a success, so each run is checked against the server's own log of gRPC codes.
 In the same run, pgbench executes the SQL each scenario needs, at the same concurrency, and
 the ratio of the two rates is reported. A benchmark, not a test: it measures, asserts nothing.
+
+`--profile DIR` records each run with py-spy (collapsed stacks, DIR/<scenario>-c<n>-w<n>.txt)
+and writes where the server's CPU went (DIR/summary.md); profiled runs are slower, so their
+table goes to DIR too, not to bench/results.md.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg import sql
 
+from bench.profile_summary import summarise
 from db.api_keys import create_key
 from db.engines import create_engine_for
 from db.local_postgres import LocalPostgres
@@ -45,6 +51,7 @@ from db.tenants import provision_tenant
 from studio.v1 import session_pb2
 
 SERVICE = "/studio.v1.SessionService/"
+PROFILE_RATE = 250  # py-spy samples per second
 START = 1_900_000_000  # 2030-03-17, sessions of the benchmark start here
 
 
@@ -202,6 +209,10 @@ async def provision(master_url: str, sessions: int, tenants: int) -> tuple[str, 
 # -- measuring ------------------------------------------------------------------------------
 
 
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def grpc_frame(message: Message) -> bytes:
     body = message.SerializeToString()
     return b"\x00" + struct.pack(">I", len(body)) + body
@@ -295,7 +306,11 @@ def count_ok(log_file: Path, method: str, since: int) -> tuple[int, int]:
         for line in f:
             if " studio.call " not in line:
                 continue
-            entry = json.loads(line.split(" studio.call ", 1)[1])
+            text = line.split(" studio.call ", 1)[1]
+            if not text.startswith("{"):  # an unexpected error's report: show it
+                print(f"server: {line.rstrip()}", file=sys.stderr)
+                continue
+            entry = json.loads(text)
             # CANCELLED: calls in flight when h2load closed its connections at the end of the run
             if entry["method"].endswith(method) and entry["code"] != "CANCELLED":
                 ok, bad = (ok + 1, bad) if entry["code"] == "OK" else (ok, bad + 1)
@@ -358,6 +373,7 @@ def start_server(master_url: str, workers: int, log: Path) -> tuple[subprocess.P
 async def measure(
     scenario: Scenario, *, clients: int, seconds: float, address: str, key: str, pids: list[int],
     tenant_url: str, server_log: Path, tools: tuple[str, str], work: Path, workers: int,
+    profile: Path | None,
 ) -> Row:  # fmt: skip
     h2, pgb = tools
     body = work / "request.grpc"
@@ -369,12 +385,27 @@ async def measure(
     sampler = asyncio.create_task(
         peak_connections(with_database(tenant_url, "postgres"), dbname, stop)
     )
+    spy = stacks = None
+    if profile is not None:
+        stacks = profile / f"{slug(scenario.name)}-c{clients}-w{workers}.txt"
+        spy = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
+            "--rate", str(PROFILE_RATE), "--gil", "--subprocesses", "--nonblocking",
+            "--pid", str(pids[0]), "--duration", str(int(seconds) + 1), "--output", str(stacks),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
     run = await asyncio.to_thread(
         h2load, h2, address, key, scenario.method, body, clients, seconds, work / "h2.log"
     )
+    if spy is not None:
+        await spy.wait()
     stop.set()
     connections = await sampler
     cpu = cpu_seconds(pids) - cpu_before
+    if stacks is not None:
+        stacks.with_suffix(".md").write_text(
+            summarise(stacks.read_text(), rate=PROFILE_RATE, cpu_seconds=cpu)
+        )
     await asyncio.sleep(0.3)  # the last log lines reach the file
     ok, failed = count_ok(server_log, scenario.method, since)
     tps = await asyncio.to_thread(pgbench, pgb, tenant_url, scenario.pgbench_sql, clients, seconds)
@@ -446,16 +477,20 @@ async def bench(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                 server, address = start_server(master_url, workers, log)
                 try:
                     pids = server_pids(server.pid)
-                    for scenario in scenarios(update_id=10_000, list_project=1):
+                    chosen = [s for s in scenarios(update_id=10_000, list_project=1)
+                              if not args.only or s.name in args.only]  # fmt: skip
+                    for scenario in chosen:
                         for clients in args.concurrency:
                             row = await measure(
                                 scenario, clients=clients, seconds=args.seconds,
                                 address=address, key=big_key, pids=pids, tenant_url=big_url,
                                 server_log=log, tools=tools, work=work, workers=workers,
+                                profile=args.profile,
                             )  # fmt: skip
                             rows.append(row)
                             print(f"{workers}w {row.scenario:<30} c={clients:<3}"
                                   f" {row.rps:8.0f}/s p99 {row.p99_ms:6.1f} ms"
+                                  f" cpu {row.cpu_per_1000:.2f} ms/call"
                                   f" pgbench {row.pgbench_tps:8.0f}/s ratio {row.ratio:.2f}"
                                   f" ok {row.grpc_ok} failed {row.grpc_failed}", flush=True)  # fmt: skip
                     if workers == args.workers[0] and keys:
@@ -511,12 +546,25 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")],
                         default=[1, 2])  # fmt: skip
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, default=Path("bench/results.md"))
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results.md")
+    parser.add_argument("--only", type=lambda s: s.split(","), default=[],
+                        help="scenario names, comma-separated (default: all)")  # fmt: skip
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="record each run with py-spy into this directory")  # fmt: skip
     args = parser.parse_args()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     rows, notes = asyncio.run(bench(args))
     table = render(rows, notes, args)
-    args.out.write_text(table)
+    out = args.out or (args.profile / "results.md" if args.profile else Path("bench/results.md"))
+    out.write_text(table)
     print(table)
+    if args.profile is not None:
+        summary = [
+            f"## {path.stem}\n\n{path.read_text()}" for path in sorted(args.profile.glob("*-w*.md"))
+        ]
+        (args.profile / "summary.md").write_text("\n".join(summary))
+        print("\n".join(summary))
 
 
 if __name__ == "__main__":
