@@ -4,10 +4,12 @@ until the transaction ends."""
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, delete, exists, literal, select
+from sqlalchemy import ColumnElement, bindparam, delete, exists, select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.sql.dml import ReturningInsert
 
 from db.tables import clients, projects, sessions, tracks
 
@@ -77,6 +79,30 @@ def session_filters(
     return where
 
 
+@lru_cache(maxsize=256)  # a shape per set of fields a booking sets
+def _insert_session_statement(
+    columns: tuple[str, ...], with_project: bool, with_request_id: bool
+) -> ReturningInsert[tuple[Any, ...]]:
+    row = select(
+        *(bindparam(c, type_=sessions.c[c].type).label(c) for c in columns),
+        bindparam("create_request_id", type_=sessions.c.create_request_id.type).label(
+            "create_request_id"
+        ),
+    )
+    if with_project:
+        owner = (
+            select(projects.c.client_id)
+            .where(projects.c.id == bindparam("project_id"))
+            .with_for_update(read=True)
+            .cte("project_owner")
+        )
+        row = row.where(exists().where(owner.c.client_id == bindparam("client_id")))
+    statement = insert(sessions).from_select([*columns, "create_request_id"], row)
+    if with_request_id:
+        statement = statement.on_conflict_do_nothing(index_elements=["create_request_id"])
+    return statement.returning(sessions)
+
+
 async def insert_session_checked(
     conn: AsyncConnection, values: dict[str, Any], *, request_id: str | None
 ) -> RowMapping | None:
@@ -84,24 +110,9 @@ async def insert_session_checked(
     belong to the session's client, else nothing is inserted and None comes back; with a
     request id, a retry inserts nothing and None comes back too. The caller tells the cases
     apart on that (rare) path; the common path is a single round trip."""
-    columns = [*values, "create_request_id"]
-    row = select(
-        *(literal(values[c], sessions.c[c].type).label(c) for c in values),
-        literal(request_id, sessions.c.create_request_id.type).label("create_request_id"),
+    statement = _insert_session_statement(
+        tuple(values), values.get("project_id") is not None, request_id is not None
     )
-    project_id = values.get("project_id")
-    if project_id is not None:
-        owner = (
-            select(projects.c.client_id)
-            .where(projects.c.id == project_id)
-            .with_for_update(read=True)
-            .cte("project_owner")
-        )
-        row = row.where(exists().where(owner.c.client_id == values["client_id"]))
-    statement = insert(sessions).from_select(columns, row)
-    if request_id is not None:
-        statement = statement.on_conflict_do_nothing(index_elements=["create_request_id"])
-    result: RowMapping | None = (
-        (await conn.execute(statement.returning(sessions))).mappings().first()
-    )
-    return result
+    result = await conn.execute(statement, {**values, "create_request_id": request_id})
+    row: RowMapping | None = result.mappings().first()
+    return row

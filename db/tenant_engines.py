@@ -61,6 +61,7 @@ class TenantEngines:
                 tenant_conninfo(self.master_url, tenant),
                 pool_size=self.pool_size,
                 pool_timeout=self.pool_timeout,
+                autocommit=True,  # the pipeline sends BEGIN for calls that need a transaction
             )
             entry = self._entries[key] = _Entry(engine, now)
             busy = self._evicting is not None and not self._evicting.done()

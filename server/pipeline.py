@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.message import DecodeError, Message
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 
 from server.auth_throttle import FailedAuthThrottle, peer_host
 from server.context import Ctx
@@ -190,22 +190,21 @@ class Pipeline:
 
     async def in_transaction(self, call: Call, next_: Next) -> Message:
         """One transaction per call, retried when PostgreSQL reports a serialization failure
-        or a deadlock (the procedure runs again from the start). A single-statement procedure
-        runs in autocommit: no BEGIN and COMMIT round trips for what one statement does."""
+        or a deadlock (the procedure runs again from the start). Tenant connections are in
+        autocommit: a single-statement procedure runs as is (no BEGIN and COMMIT round trips
+        for what one statement does); the others start with BEGIN, which carries the call's
+        deadline as statement_timeout in the same round trip, and end with COMMIT (or
+        ROLLBACK when anything fails)."""
         assert call.principal is not None
         engine = self.engines.get(call.principal.tenant)
         for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             try:
-                if call.procedure.single_statement:
-                    async with engine.connect() as conn:
-                        call.db = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                async with engine.connect() as call.db:
+                    if call.procedure.single_statement:
                         return await next_(call)
-                async with engine.begin() as call.db:
-                    remaining = call.context.time_remaining()
-                    if remaining is not None:  # PostgreSQL enforces the deadline itself too
-                        timeout_ms = max(1, int(remaining * 1000))
-                        await call.db.execute(text(f"SET LOCAL statement_timeout = {timeout_ms}"))
-                    return await next_(call)
+                    async with call.db.begin():
+                        await call.db.execute(_begin(call.context.time_remaining()))
+                        return await next_(call)
             except Exception as exc:
                 if attempt == TRANSACTION_ATTEMPTS or not is_retryable(exc):
                     raise
@@ -219,6 +218,17 @@ class Pipeline:
         return await call.procedure.handler(
             Ctx(call.principal, call.db, call.request_id), call.request
         )
+
+
+BEGIN = text("BEGIN")
+
+
+def _begin(remaining: float | None) -> TextClause:
+    """BEGIN, with the deadline as statement_timeout when there is one: PostgreSQL enforces it
+    too (a statement waiting for a lock stops there). Sent as one simple query."""
+    if remaining is None:
+        return BEGIN
+    return text(f"BEGIN; SET LOCAL statement_timeout = {max(1, int(remaining * 1000))}")
 
 
 def method_handlers(

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import literal_column
 
 from server.errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from google.protobuf.field_mask_pb2 import FieldMask
     from sqlalchemy import ColumnClause, RowMapping, Table
 
-__all__ = ["Field", "Kind", "ResourceMapping", "etag_of", "version_of_etag"]
+__all__ = ["Field", "Kind", "ResourceMapping", "etag_of", "timestamp_of", "version_of_etag"]
 
 M = TypeVar("M", bound=Message)
 OUTPUT_ONLY = frozenset({"id", "create_time", "update_time", "etag"})
@@ -50,6 +53,20 @@ class Field:
     @property
     def column_name(self) -> str:
         return self.column or self.name
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp_of(value: datetime) -> Timestamp:
+    """A timestamptz as a Timestamp (what Timestamp.FromDatetime does, at a fraction of its
+    cost: this runs for every timestamp of every row a call returns)."""
+    delta = value - EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
+
+
+def _same(value: Any) -> Any:  # noqa: ANN401 (a column's value, as it is)
+    return value
 
 
 def etag_of(version: int) -> str:
@@ -87,28 +104,35 @@ class ResourceMapping(Generic[M]):
         self.enums = {
             f.name: _enum_names(self.descriptors[f.name]) for f in fields if f.kind is Kind.ENUM
         }
+        self._readers = tuple((f.name, f.column_name, self._reader(f)) for f in fields)
         missing = set(message_type.DESCRIPTOR.fields_by_name) - set(self.fields) - OUTPUT_ONLY
         assert not missing, f"{message_type.__name__}: fields without a column: {missing}"
 
     # -- row -> message ----------------------------------------------------------------------
 
+    def _reader(self, field: Field) -> Callable[[Any], Any]:
+        """How a non-NULL column value becomes the field's value (or submessage)."""
+        if field.kind is Kind.TIMESTAMP:
+            return timestamp_of
+        if field.kind is Kind.ENUM:
+            return self.enums[field.name][1].__getitem__
+        if field.kind is Kind.DECIMAL:
+            return str
+        return _same
+
     def to_message(self, row: RowMapping) -> M:
-        message = self.message_type(id=row["id"], etag=etag_of(row["version"]))
-        message.create_time.FromDatetime(row["created_at"])  # type: ignore[attr-defined]
-        message.update_time.FromDatetime(row["updated_at"])  # type: ignore[attr-defined]
-        for name, field in self.fields.items():
-            value = row[field.column_name]
-            if value is None:
-                continue
-            if field.kind is Kind.TIMESTAMP:
-                getattr(message, name).FromDatetime(value)
-            elif field.kind is Kind.ENUM:
-                setattr(message, name, self.enums[name][1][value])
-            elif field.kind is Kind.DECIMAL:
-                setattr(message, name, str(value))
-            else:
-                setattr(message, name, value)
-        return message
+        # One constructor call with every field: much cheaper than setting them one by one.
+        values: dict[str, Any] = {
+            "id": row["id"],
+            "etag": etag_of(row["version"]),
+            "create_time": timestamp_of(row["created_at"]),
+            "update_time": timestamp_of(row["updated_at"]),
+        }
+        for name, column, read in self._readers:
+            value = row[column]
+            if value is not None:
+                values[name] = read(value)
+        return self.message_type(**values)
 
     # -- message -> columns ------------------------------------------------------------------
 
