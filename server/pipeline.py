@@ -10,6 +10,7 @@ gRPC about failures; everything inside raises `ApiError`s (or lets database erro
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -65,11 +66,17 @@ Next = Callable[[Call], Awaitable[Message]]
 Middleware = Callable[[Call, Next], Awaitable[Message]]
 
 
+# Our request ids: a random prefix per process and a counter (unique without a system call
+# for random bytes per call, as uuid4 needs).
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count(1)
+
+
 def _request_id(context: grpc.aio.ServicerContext[bytes, bytes]) -> str:
     given = next((v for k, v in context.invocation_metadata() or () if k == "x-request-id"), None)
     if isinstance(given, str) and 0 < len(given) <= MAX_REQUEST_ID and given.isprintable():
         return given
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 async def log_call(call: Call, next_: Next) -> Message:

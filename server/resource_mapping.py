@@ -15,7 +15,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import literal_column
 
 from server.errors import InvalidArgument
@@ -58,11 +57,12 @@ class Field:
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def timestamp_of(value: datetime) -> Timestamp:
-    """A timestamptz as a Timestamp (what Timestamp.FromDatetime does, at a fraction of its
-    cost: this runs for every timestamp of every row a call returns)."""
+def timestamp_of(value: datetime) -> dict[str, int]:
+    """A timestamptz as a Timestamp's fields, for a message constructor (what
+    Timestamp.FromDatetime computes, at a fraction of its cost: this runs for every timestamp
+    of every row a call returns)."""
     delta = value - EPOCH
-    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
+    return {"seconds": delta.days * 86_400 + delta.seconds, "nanos": delta.microseconds * 1000}
 
 
 def _same(value: Any) -> Any:  # noqa: ANN401 (a column's value, as it is)

@@ -131,13 +131,22 @@ async def _run_workers(args: argparse.Namespace, master_url: str, stop: asyncio.
             log.error("a worker did not start; stopping")
             stop.set()
     if not stop.is_set():
-        print(f"serving gRPC on {args.host}:{port} ({args.workers} workers)", flush=True)
+        announce(f"serving gRPC on {args.host}:{port} ({args.workers} workers)")
     await stop.wait()
     for worker in workers:
         if worker.returncode is None:
             worker.send_signal(signal.SIGTERM)
     codes = [await worker.wait() for worker in workers]
     return 0 if all(code == 0 for code in codes) else EXIT_STARTUP_FAILED
+
+
+def announce(line: str) -> None:
+    """A line for whoever started us (tests and scripts wait for "serving gRPC on"), after the
+    log lines written before it, and in one write, so log lines never land inside it."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,9 +174,8 @@ async def _serve(args: argparse.Namespace) -> int:
         if not args.no_demo:
             demo = await ensure_demo_tenant(databases.master_url, data_dir)
             state = "created" if demo.created else "exists"
-            print(
-                f"demo tenant {demo.slug!r} ({state}); its admin API key is in {demo.key_file}",
-                flush=True,
+            announce(
+                f"demo tenant {demo.slug!r} ({state}); its admin API key is in {demo.key_file}"
             )
         # Handlers first: a SIGTERM right after "serving" is announced must stop us cleanly.
         stop = asyncio.Event()
@@ -191,7 +199,7 @@ async def _serve(args: argparse.Namespace) -> int:
         # What start-up allocated lives as long as the process: keep the collector off it, so
         # that full collections stay short instead of pausing calls for 100+ ms.
         gc.freeze()
-        print(f"serving gRPC on {args.host}:{app.port}", flush=True)
+        announce(f"serving gRPC on {args.host}:{app.port}")
         await stop.wait()
         log.info("shutting down: finishing in-flight calls (grace %.0fs)", args.grace)
         await app.stop(args.grace)
