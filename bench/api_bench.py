@@ -51,6 +51,7 @@ from db.tenants import provision_tenant
 from studio.v1 import session_pb2
 
 SERVICE = "/studio.v1.SessionService/"
+WARM_UP_SECONDS = 1  # h2load's warm-up before it starts counting
 PROFILE_RATE = 250  # py-spy samples per second
 START = 1_900_000_000  # 2030-03-17, sessions of the benchmark start here
 
@@ -260,7 +261,7 @@ def h2load(
 ) -> Run:  # fmt: skip
     log.unlink(missing_ok=True)  # h2load appends to its log file
     result = subprocess.run(
-        [binary, "-c", str(clients), "-m", "1", "-D", str(int(seconds)), "--warm-up-time", "1",
+        [binary, "-c", str(clients), "-m", "1", "-D", str(int(seconds)), "--warm-up-time", str(WARM_UP_SECONDS),
          "-d", str(body), "--log-file", str(log),
          "-H", "content-type: application/grpc", "-H", "te: trailers",
          "-H", f"authorization: Bearer {key}", f"http://{address}{SERVICE}{method}"],
@@ -355,6 +356,25 @@ class Row:
         return self.rps / self.pgbench_tps if self.pgbench_tps else 0.0
 
 
+FLOOR_SCENARIOS = ("CreateSession", "GetSession")
+FLOOR_LABEL = " (floor: bare grpc.aio + psycopg)"
+NOT_COUNTED = -1  # gRPC codes not counted (the floor server keeps no log)
+
+
+def start_floor(tenant_url: str) -> tuple[subprocess.Popen[str], str]:
+    """bench/floor_server.py on the big studio's database: the transport and the driver and
+    nothing of ours, to split the gap to pgbench into theirs and ours."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.floor_server", tenant_url],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    if not line.startswith("serving gRPC on "):
+        raise RuntimeError(f"the floor server did not start: {line}")
+    return server, line.split()[3]
+
+
 def start_server(master_url: str, workers: int, log: Path) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
     studio = str(Path(sys.executable).parent / "studio")
@@ -372,13 +392,15 @@ def start_server(master_url: str, workers: int, log: Path) -> tuple[subprocess.P
 
 async def measure(
     scenario: Scenario, *, clients: int, seconds: float, address: str, key: str, pids: list[int],
-    tenant_url: str, server_log: Path, tools: tuple[str, str], work: Path, workers: int,
-    profile: Path | None,
+    tenant_url: str, server_log: Path | None, tools: tuple[str, str], work: Path, workers: int,
+    profile: Path | None, pgbench_tps: float | None = None, label: str = "",
 ) -> Row:  # fmt: skip
+    """One scenario at one concurrency. Without a server log (the floor server keeps none),
+    calls are counted as h2load saw them; with `pgbench_tps`, pgbench is not run again."""
     h2, pgb = tools
     body = work / "request.grpc"
     body.write_bytes(grpc_frame(scenario.request))
-    since = server_log.stat().st_size
+    since = server_log.stat().st_size if server_log else 0
     cpu_before = cpu_seconds(pids)
     stop = asyncio.Event()
     dbname = str(psycopg.conninfo.conninfo_to_dict(tenant_url)["dbname"])
@@ -387,11 +409,11 @@ async def measure(
     )
     spy = stacks = None
     if profile is not None:
-        stacks = profile / f"{slug(scenario.name)}-c{clients}-w{workers}.txt"
+        stacks = profile / f"{slug(scenario.name + label)}-c{clients}-w{workers}.txt"
         spy = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
             "--rate", str(PROFILE_RATE), "--gil", "--subprocesses", "--nonblocking",
-            "--pid", str(pids[0]), "--duration", str(int(seconds) + 1), "--output", str(stacks),
+            "--pid", str(pids[0]), "--duration", str(int(seconds) + WARM_UP_SECONDS), "--output", str(stacks),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
     run = await asyncio.to_thread(
@@ -406,10 +428,16 @@ async def measure(
         stacks.with_suffix(".md").write_text(
             summarise(stacks.read_text(), rate=PROFILE_RATE, cpu_seconds=cpu)
         )
-    await asyncio.sleep(0.3)  # the last log lines reach the file
-    ok, failed = count_ok(server_log, scenario.method, since)
-    tps = await asyncio.to_thread(pgbench, pgb, tenant_url, scenario.pgbench_sql, clients, seconds)
-    return Row(scenario.name, clients, workers, run.rps, run.p50_ms, run.p99_ms,
+    if server_log is None:
+        # h2load counts no warm-up calls; the CPU covers them: count them at the same rate
+        ok, failed = round(run.rps * (seconds + WARM_UP_SECONDS)), NOT_COUNTED
+    else:
+        await asyncio.sleep(0.3)  # the last log lines reach the file
+        ok, failed = count_ok(server_log, scenario.method, since)
+    tps = pgbench_tps or await asyncio.to_thread(
+        pgbench, pgb, tenant_url, scenario.pgbench_sql, clients, seconds
+    )
+    return Row(scenario.name + label, clients, workers, run.rps, run.p50_ms, run.p99_ms,
                cpu / max(ok, 1) * 1000, peak_rss_mb(pids), connections, tps, ok, failed)  # fmt: skip
 
 
@@ -509,10 +537,38 @@ async def bench(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                 finally:
                     server.terminate()
                     server.wait(30)
+                if workers == args.workers[0]:
+                    rows += await measure_floor(rows, chosen, args, big_url, tools, work)
             return rows, notes
         finally:
             if cluster is not None:
                 cluster.stop()
+
+
+async def measure_floor(
+    rows: list[Row], chosen: list[Scenario], args: argparse.Namespace, big_url: str,
+    tools: tuple[str, str], work: Path,
+) -> list[Row]:  # fmt: skip
+    """The floor server on the scenarios it serves, against the same pgbench rates."""
+    pgbench_of = {(r.scenario, r.concurrency): r.pgbench_tps for r in rows if r.workers == 1}
+    floor_rows = []
+    server, address = start_floor(big_url)
+    try:
+        for scenario in [s for s in chosen if s.name in FLOOR_SCENARIOS]:
+            for clients in args.concurrency:
+                row = await measure(
+                    scenario, clients=clients, seconds=args.seconds, address=address,
+                    key="none", pids=[server.pid], tenant_url=big_url, server_log=None,
+                    tools=tools, work=work, workers=1, profile=args.profile,
+                    pgbench_tps=pgbench_of.get((scenario.name, clients)), label=FLOOR_LABEL,
+                )  # fmt: skip
+                floor_rows.append(row)
+                print(f"floor {row.scenario:<30} c={clients:<3} {row.rps:8.0f}/s"
+                      f" cpu {row.cpu_per_1000:.2f} ms/call ratio {row.ratio:.2f}", flush=True)  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(30)
+    return floor_rows
 
 
 def render(rows: list[Row], notes: list[str], args: argparse.Namespace) -> str:
@@ -530,7 +586,12 @@ def render(rows: list[Row], notes: list[str], args: argparse.Namespace) -> str:
         lines.append(
             f"| {r.scenario} | {r.workers} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} |"
             f" {r.p99_ms:.2f} | {r.cpu_per_1000:.2f} | {r.rss_mb:.0f} | {r.connections} |"
-            f" {r.pgbench_tps:.0f} | {r.ratio:.2f} | {r.grpc_ok} / {r.grpc_failed} |"
+            f" {r.pgbench_tps:.0f} | {r.ratio:.2f} |"
+            + (
+                " not counted |"
+                if r.grpc_failed == NOT_COUNTED
+                else f" {r.grpc_ok} / {r.grpc_failed} |"
+            )
         )
     return "\n".join([*lines, "", *(f"- {n}" for n in notes)]) + "\n"
 
