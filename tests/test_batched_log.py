@@ -1,0 +1,70 @@
+"""The server's log handler writes in batches from a thread: no line lost, none twice, in order."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+
+from server.batched_log import BatchedStreamHandler
+
+
+def _logger(handler: logging.Handler, name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return logger
+
+
+def test_every_line_is_written_once_and_in_order_while_the_writer_runs() -> None:
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=0.001)  # the writer takes batches often
+    logger = _logger(handler, "test.batched.order")
+    try:
+        for n in range(50_000):
+            logger.info("line %d", n)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert stream.getvalue().splitlines() == [f"line {n}" for n in range(50_000)]
+
+
+def test_lines_reach_the_stream_without_a_flush_within_the_interval() -> None:
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=0.05)
+    logger = _logger(handler, "test.batched.interval")
+    try:
+        logger.info("hello")
+        deadline = time.monotonic() + 2
+        while "hello" not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stream.getvalue() == "hello\n"
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_lines_from_many_threads_are_all_written_whole() -> None:
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=0.001)
+    logger = _logger(handler, "test.batched.threads")
+
+    def write(thread: int) -> None:
+        for n in range(5_000):
+            logger.info("t%d-%d", thread, n)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    lines = stream.getvalue().splitlines()
+    assert sorted(lines) == sorted(f"t{t}-{n}" for t in range(4) for n in range(5_000))
+    for t in range(4):  # each thread's own lines keep their order
+        assert [x for x in lines if x.startswith(f"t{t}-")] == [f"t{t}-{n}" for n in range(5_000)]
