@@ -593,7 +593,33 @@ def render(rows: list[Row], notes: list[str], args: argparse.Namespace) -> str:
                 else f" {r.grpc_ok} / {r.grpc_failed} |"
             )
         )
-    return "\n".join([*lines, "", *(f"- {n}" for n in notes)]) + "\n"
+    return "\n".join([*lines, "", *(f"- {n}" for n in [*notes, *speed_ups(rows)])]) + "\n"
+
+
+def speed_ups(rows: list[Row]) -> list[str]:
+    """req/s with the most workers over req/s with one, per scenario and concurrency."""
+    by_key = {(r.scenario, r.concurrency, r.workers): r.rps for r in rows}
+    most = max((r.workers for r in rows), default=1)
+    found = [
+        f"{name} x{by_key[(name, clients, most)] / rps:.2f} at {clients}"
+        for (name, clients, workers), rps in by_key.items()
+        if workers == 1 and (name, clients, most) in by_key and clients > 1
+    ]
+    if most == 1 or not found:
+        return []
+    return [f"--workers {most} against 1 (req/s): " + "; ".join(found)]
+
+
+RESULTS = Path("bench/results.md")
+README = Path("README.md")
+QUOTE_START, QUOTE_END = "<!-- api-bench -->\n", "<!-- /api-bench -->\n"
+
+
+def quote_in_readme(table: str) -> None:
+    """The README quotes the last full run: replace what stands between its markers."""
+    text = README.read_text()
+    start, end = text.index(QUOTE_START) + len(QUOTE_START), text.index(QUOTE_END)
+    README.write_text(text[:start] + table + text[end:])
 
 
 def main() -> None:
@@ -617,8 +643,10 @@ def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
     rows, notes = asyncio.run(bench(args))
     table = render(rows, notes, args)
-    out = args.out or (args.profile / "results.md" if args.profile else Path("bench/results.md"))
+    out = args.out or (args.profile / "results.md" if args.profile else RESULTS)
     out.write_text(table)
+    if out == RESULTS:
+        quote_in_readme(table)
     print(table)
     if args.profile is not None:
         summary = [
