@@ -368,11 +368,17 @@ def start_floor(tenant_url: str) -> tuple[subprocess.Popen[str], str]:
         [sys.executable, "-m", "bench.floor_server", tenant_url],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
+    return server, listening_address(server, "the floor server")
+
+
+def listening_address(server: subprocess.Popen[str], name: str, log: Path | None = None) -> str:
+    """host:port from the server's "serving gRPC on host:port" line (it prints it when ready)."""
     assert server.stdout is not None
     line = server.stdout.readline()
     if not line.startswith("serving gRPC on "):
-        raise RuntimeError(f"the floor server did not start: {line}")
-    return server, line.split()[3]
+        tail = log.read_text()[-2000:] if log else ""
+        raise RuntimeError(f"{name} did not start: {line}{tail}")
+    return line.split()[3]
 
 
 def start_server(master_url: str, workers: int, log: Path) -> tuple[subprocess.Popen[str], str]:
@@ -383,11 +389,7 @@ def start_server(master_url: str, workers: int, log: Path) -> tuple[subprocess.P
          "--workers", str(workers), "--max-db-connections", "1050"],
         env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
     )  # fmt: skip
-    assert server.stdout is not None
-    line = server.stdout.readline()
-    if not line.startswith("serving gRPC on "):
-        raise RuntimeError(f"studio serve did not start: {line}{log.read_text()[-2000:]}")
-    return server, line.split()[3]
+    return server, listening_address(server, "studio serve", log)
 
 
 async def measure(
