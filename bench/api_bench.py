@@ -96,9 +96,10 @@ def scenarios(update_id: int, list_project: int) -> list[Scenario]:
                      update_mask=FieldMask(paths=["project_id"])),
                  "BEGIN;\n"
                  f"SELECT * FROM sessions WHERE id = {update_id} FOR UPDATE;\n"
-                 "SELECT client_id FROM projects WHERE id = 1 FOR SHARE;\n"
-                 "UPDATE sessions SET project_id = 1, version = version + 1, updated_at = now()"
-                 f" WHERE id = {update_id} RETURNING *;\nCOMMIT;"),
+                 "WITH p AS (SELECT client_id FROM projects WHERE id = 1 FOR SHARE)"
+                 " UPDATE sessions SET project_id = 1, version = version + 1, updated_at = now()"
+                 f" WHERE id = {update_id} AND EXISTS (SELECT FROM p WHERE client_id = 1)"
+                 " RETURNING *;\nCOMMIT;"),
         Scenario("UpdateSession unlink", "UpdateSession",
                  session_pb2.UpdateSessionRequest(
                      session=session_pb2.Session(id=update_id + 1),

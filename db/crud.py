@@ -10,6 +10,7 @@ prepares a statement it has seen a few times on a connection.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = [
+    "Guard",
     "delete_row",
     "fetch_by_request_id",
     "fetch_row",
@@ -90,19 +92,29 @@ async def fetch_by_request_id(
     return row
 
 
+@dataclass(frozen=True)
+class Guard:
+    """A condition an UPDATE must meet to write anything, checked by the UPDATE itself (no
+    read before it): `condition` is built once with bind parameters (it is part of the
+    statement's cache key), `params` are their values for this call."""
+
+    condition: ColumnElement[bool]
+    params: dict[str, Any]
+
+
 @lru_cache(maxsize=1024)  # a shape per set of columns an update writes
 def _update_statement(
-    table: Table, bound: tuple[str, ...], fixed: Fixed
+    table: Table, bound: tuple[str, ...], fixed: Fixed, condition: ColumnElement[bool] | None
 ) -> ReturningUpdate[tuple[Any, ...]]:
     """UPDATE ... SET each `bound` column to a parameter of its name and each `fixed` one
     to its SQL expression (DEFAULT, say), bump the version and updated_at, RETURNING *."""
     values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in bound}
     values.update(fixed)
-    return (
-        update(table)
-        .where(table.c.id == bindparam("row_id"))
-        .values(**values, version=table.c.version + 1, updated_at=func.now())
-        .returning(table)
+    statement = update(table).where(table.c.id == bindparam("row_id"))
+    if condition is not None:
+        statement = statement.where(condition)
+    return statement.values(**values, version=table.c.version + 1, updated_at=func.now()).returning(
+        table
     )
 
 
@@ -110,14 +122,21 @@ Fixed = tuple[tuple[str, ColumnElement[Any]], ...]
 
 
 async def update_row(
-    conn: AsyncConnection, table: Table, row_id: int, values: dict[str, Any]
+    conn: AsyncConnection,
+    table: Table,
+    row_id: int,
+    values: dict[str, Any],
+    *,
+    guard: Guard | None = None,
 ) -> RowMapping | None:
     """Write `values` (plain values, or SQL expressions such as DEFAULT), bump the version
-    (the etag) and updated_at; None if there is no row."""
+    (the etag) and updated_at; None if there is no row, or if the guard refused."""
     fixed = tuple((k, v) for k, v in values.items() if isinstance(v, ColumnElement))
     params = {f"v_{k}": v for k, v in values.items() if not isinstance(v, ColumnElement)}
-    statement = _update_statement(table, tuple(k[2:] for k in params), fixed)
-    result = await conn.execute(statement, {**params, "row_id": row_id})
+    condition = guard.condition if guard else None
+    statement = _update_statement(table, tuple(k[2:] for k in params), fixed, condition)
+    guard_params = guard.params if guard else {}
+    result = await conn.execute(statement, {**params, **guard_params, "row_id": row_id})
     row: RowMapping | None = result.mappings().first()
     return row
 

@@ -1,5 +1,5 @@
 """Reads that check references between tenant rows, taking the locks that keep them true
-until the transaction ends."""
+until the transaction ends. Statements are built once, with bind parameters (see db/crud.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, bindparam, delete, exists, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.sql.dml import ReturningInsert
 
+from db.crud import Guard
 from db.tables import clients, projects, sessions, tracks
 
 if TYPE_CHECKING:
@@ -23,8 +24,33 @@ __all__ = [
     "insert_session_checked",
     "lock_project_client",
     "project_has_sessions",
+    "project_of_client",
     "session_filters",
 ]
+
+
+_PROJECT_CLIENT_FOR_SHARE = (
+    select(projects.c.client_id)
+    .where(projects.c.id == bindparam("project_id"))
+    .with_for_update(read=True)
+)
+_CLIENT_EXISTS = select(exists().where(clients.c.id == bindparam("client_id")))
+_PROJECT_HAS_SESSIONS = select(exists().where(sessions.c.project_id == bindparam("project_id")))
+_DELETE_PROJECT_TRACKS = delete(tracks).where(tracks.c.project_id == bindparam("project_id"))
+_OWNER_FOR_SHARE = (
+    select(projects.c.client_id)
+    .where(projects.c.id == bindparam("g_project_id"))
+    .with_for_update(read=True)
+    .cte("project_owner")
+)
+_PROJECT_OF_CLIENT = exists().where(_OWNER_FOR_SHARE.c.client_id == bindparam("g_client_id"))
+
+
+def project_of_client(project_id: int, client_id: int) -> Guard:
+    """For an UPDATE of a session: the project exists and belongs to the client, checked in
+    the UPDATE itself, with the project locked FOR SHARE until the transaction ends (what
+    lock_project_client does in a statement of its own)."""
+    return Guard(_PROJECT_OF_CLIENT, {"g_project_id": project_id, "g_client_id": client_id})
 
 
 async def lock_project_client(conn: AsyncConnection, project_id: int) -> int | None:
@@ -33,23 +59,20 @@ async def lock_project_client(conn: AsyncConnection, project_id: int) -> int | N
     FOR SHARE: until we commit, nobody can delete the project or give it to another client,
     so a session linked to it cannot end up under the wrong client.
     """
-    query = (
-        select(projects.c.client_id).where(projects.c.id == project_id).with_for_update(read=True)
-    )
-    client_id: int | None = await conn.scalar(query)
+    client_id: int | None = await conn.scalar(_PROJECT_CLIENT_FOR_SHARE, {"project_id": project_id})
     return client_id
 
 
 async def client_exists(conn: AsyncConnection, client_id: int) -> bool:
-    return bool(await conn.scalar(select(exists().where(clients.c.id == client_id))))
+    return bool(await conn.scalar(_CLIENT_EXISTS, {"client_id": client_id}))
 
 
 async def project_has_sessions(conn: AsyncConnection, project_id: int) -> bool:
-    return bool(await conn.scalar(select(exists().where(sessions.c.project_id == project_id))))
+    return bool(await conn.scalar(_PROJECT_HAS_SESSIONS, {"project_id": project_id}))
 
 
 async def delete_project_tracks(conn: AsyncConnection, project_id: int) -> int:
-    result = await conn.execute(delete(tracks).where(tracks.c.project_id == project_id))
+    result = await conn.execute(_DELETE_PROJECT_TRACKS, {"project_id": project_id})
     return int(result.rowcount)
 
 

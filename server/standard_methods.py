@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from google.protobuf.field_mask_pb2 import FieldMask
     from sqlalchemy import ColumnElement, RowMapping
 
+    from db.crud import Guard
     from server.context import Ctx
     from server.resource_mapping import ResourceMapping
 
@@ -76,10 +77,14 @@ async def update(
     mask: FieldMask | None,
     *,
     check: Callable[[M, M, list[str]], Awaitable[None]] | None = None,
+    guard: Callable[[M, list[str]], Guard | None] | None = None,
 ) -> M:
     """Write the masked fields of `patch`; the merged result must be a valid resource.
 
     `check(current, merged, paths)` verifies references (it may lock what it reads).
+    `guard(merged, paths)` may instead give a condition the UPDATE checks itself (one round
+    trip for the check and the write); `check` then runs only when the guard refused, to
+    say why.
     """
     resource_id: int = getattr(patch, "id")  # noqa: B009 (every resource has an id)
     current_row = await fetch_row(ctx.db, mapping.table, resource_id, lock="update")
@@ -90,10 +95,16 @@ async def update(
     current = mapping.to_message(current_row)
     merged = mapping.merged(current, patch, paths)
     validate_resource(merged, kind)
-    if check is not None:
+    condition = guard(merged, paths) if guard is not None else None
+    if condition is None and check is not None:
         await check(current, merged, paths)
-    row = await update_row(ctx.db, mapping.table, resource_id, mapping.update_values(patch, paths))
-    assert row is not None  # locked above
+    values = mapping.update_values(patch, paths)
+    row = await update_row(ctx.db, mapping.table, resource_id, values, guard=condition)
+    if row is None:  # the row is locked (above): only the guard can have refused
+        assert check is not None
+        assert condition is not None
+        await check(current, merged, paths)  # raises why
+        raise AssertionError("a guard refused what its check accepts")  # pragma: no cover
     return mapping.to_message(row)
 
 

@@ -123,6 +123,54 @@ def test_linking_an_existing_session_to_another_clients_project_is_refused(api: 
 
 
 @pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ("missing_project", "PROJECT_NOT_FOUND"),
+        ("move_to_another_client", "PROJECT_CLIENT_MISMATCH"),
+        ("move_to_a_missing_client", "CLIENT_NOT_FOUND"),
+    ],
+)
+def test_an_update_that_breaks_the_project_link_is_refused_and_writes_nothing(
+    api: Api, change: str, reason: str
+) -> None:
+    """The project check runs inside the UPDATE; a refusal still says why."""
+    client, room = api.client(), api.room()
+    project = api.project(client.id)
+    session = api.session(client.id, room.id, project_id=project.id)
+    if change == "missing_project":
+        patch, paths = session_pb2.Session(id=session.id, project_id=999_999), ["project_id"]
+    elif change == "move_to_another_client":
+        other = api.client("Someone else")
+        patch, paths = session_pb2.Session(id=session.id, client_id=other.id), ["client_id"]
+    else:
+        patch, paths = session_pb2.Session(id=session.id, client_id=999_999), ["client_id"]
+
+    with pytest.raises(grpc.RpcError) as raised:
+        _update(api, patch, *paths)
+
+    got = failure(raised.value)
+    assert (got.code, got.reason) == (grpc.StatusCode.FAILED_PRECONDITION, reason)
+    assert _get(api, session.id) == session  # nothing was written, not even the version
+
+
+def test_a_session_moves_to_another_client_together_with_that_clients_project(api: Api) -> None:
+    client, room = api.client(), api.room()
+    session = api.session(client.id, room.id, project_id=api.project(client.id).id)
+    other = api.client("New owner")
+    theirs = api.project(other.id)
+
+    moved = _update(
+        api,
+        session_pb2.Session(id=session.id, client_id=other.id, project_id=theirs.id),
+        "client_id",
+        "project_id",
+    )
+
+    assert (moved.client_id, moved.project_id) == (other.id, theirs.id)
+    assert _get(api, session.id) == moved
+
+
+@pytest.mark.parametrize(
     ("session", "expected"),
     [
         (

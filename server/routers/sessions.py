@@ -10,6 +10,7 @@ from db.references import (
     client_exists,
     insert_session_checked,
     lock_project_client,
+    project_of_client,
     session_filters,
 )
 from db.tables import sessions
@@ -20,6 +21,7 @@ from server.router import Router
 from studio.v1 import session_pb2 as pb
 
 if TYPE_CHECKING:
+    from db.crud import Guard
     from server.context import Ctx
 
 __all__ = ["SESSION", "router"]
@@ -72,6 +74,14 @@ async def _check_project(ctx: Ctx, session: pb.Session) -> None:
         )
 
 
+def _project_guard(merged: pb.Session, paths: list[str]) -> Guard | None:
+    """When an update links a project or moves the session to another client: the project
+    must exist and belong to the session's client."""
+    if merged.HasField("project_id") and {"project_id", "client_id"} & set(paths):
+        return project_of_client(merged.project_id, merged.client_id)
+    return None
+
+
 @router.procedure("GetSession")
 async def get_session(ctx: Ctx, request: pb.GetSessionRequest) -> pb.GetSessionResponse:
     return pb.GetSessionResponse(
@@ -117,15 +127,15 @@ async def create_session(ctx: Ctx, request: pb.CreateSessionRequest) -> pb.Creat
 
 @router.procedure("UpdateSession")
 async def update_session(ctx: Ctx, request: pb.UpdateSessionRequest) -> pb.UpdateSessionResponse:
-    """Link, move or unlink (`update_mask: ["project_id"]` with no value) a session."""
+    """Link, move or unlink (`update_mask: ["project_id"]` with no value) a session. The
+    project check is part of the UPDATE (a guard); when it refuses, _check_project says why."""
 
     async def check(current: pb.Session, merged: pb.Session, paths: list[str]) -> None:
-        if {"project_id", "client_id"} & set(paths):
-            await _check_project(ctx, merged)
+        await _check_project(ctx, merged)
 
     mask = request.update_mask if request.HasField("update_mask") else None
     session = await standard_methods.update(
-        ctx, SESSION, "session", request.session, mask, check=check
+        ctx, SESSION, "session", request.session, mask, check=check, guard=_project_guard
     )
     return pb.UpdateSessionResponse(session=session)
 
