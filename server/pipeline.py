@@ -210,7 +210,8 @@ class Pipeline:
                     if call.procedure.single_statement:
                         return await next_(call)
                     async with call.db.begin():
-                        await call.db.execute(_begin(call.context.time_remaining()))
+                        begin = _begin(call.context.time_remaining())
+                        await call.db.execute(begin, execution_options=UNCACHED)
                         return await next_(call)
             except Exception as exc:
                 if attempt == TRANSACTION_ATTEMPTS or not is_retryable(exc):
@@ -228,6 +229,9 @@ class Pipeline:
 
 
 BEGIN = text("BEGIN")
+# The BEGIN text carries a different timeout for nearly every call: kept out of SQLAlchemy's
+# compiled cache, where thousands of one-off entries would push out the statements that recur.
+UNCACHED = {"compiled_cache": None}
 
 
 def _begin(remaining: float | None) -> TextClause:
