@@ -26,6 +26,10 @@ class BatchedStreamHandler(logging.Handler):
         self.stream = stream
         self.interval = interval
         self._pending: deque[str] = deque()  # append and popleft are thread-safe
+        # One drain at a time (the writer thread's, or a flush from another thread), so lines
+        # leave in the order they came. Not the handler's own lock: emit() holds that, and a
+        # call must never wait for a slow write.
+        self._draining = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
         self._writer = threading.Thread(target=self._write_loop, name="log-writer", daemon=True)
@@ -41,27 +45,28 @@ class BatchedStreamHandler(logging.Handler):
         if len(self._pending) >= FLUSH_AT_LINES:
             self._wake.set()
 
-    def _take(self) -> list[str]:
-        pending = self._pending
-        return [pending.popleft() for _ in range(len(pending))]
-
     def _write_loop(self) -> None:
         while not self._stopping:
             self._wake.wait(self.interval)
             self._wake.clear()
-            self._write(self._take())
-
-    def _write(self, lines: list[str]) -> None:
-        if not lines:
-            return
-        try:
-            self.stream.write("".join(lines))
-            self.stream.flush()
-        except (OSError, ValueError):  # the stream is gone (a closed pipe): nothing to do
-            pass
+            self.flush()
 
     def flush(self) -> None:
-        self._write(self._take())
+        """Write every pending line now."""
+        with self._draining:
+            lines = []
+            try:
+                while True:
+                    lines.append(self._pending.popleft())
+            except IndexError:
+                pass
+            if not lines:
+                return
+            try:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+            except (OSError, ValueError):  # the stream is gone (a closed pipe): nothing to do
+                pass
 
     def close(self) -> None:
         self._stopping = True

@@ -31,16 +31,34 @@ def test_every_line_is_written_once_and_in_order_while_the_writer_runs() -> None
     assert stream.getvalue().splitlines() == [f"line {n}" for n in range(50_000)]
 
 
+def test_every_line_is_written_once_and_in_order_while_the_caller_flushes_too() -> None:
+    """The server flushes from its own thread (before it announces that it serves) while the
+    writer thread drains: the two must not lose, repeat or reorder lines."""
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=0.0001)
+    logger = _logger(handler, "test.batched.flush")
+    try:
+        for n in range(200_000):
+            logger.info("line %d", n)
+            if n % 50 == 0:
+                handler.flush()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert stream.getvalue().splitlines() == [f"line {n}" for n in range(200_000)]
+
+
 def test_lines_reach_the_stream_without_a_flush_within_the_interval() -> None:
     stream = io.StringIO()
     handler = BatchedStreamHandler(stream, interval=0.05)
     logger = _logger(handler, "test.batched.interval")
     try:
         logger.info("hello")
-        deadline = time.monotonic() + 2
-        while "hello" not in stream.getvalue() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        started = time.monotonic()
+        while "hello" not in stream.getvalue() and time.monotonic() - started < 2:
+            time.sleep(0.005)
         assert stream.getvalue() == "hello\n"
+        assert time.monotonic() - started < 0.5  # the interval, plus scheduling slack
     finally:
         logger.removeHandler(handler)
         handler.close()
