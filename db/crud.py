@@ -26,7 +26,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.sql.dml import ReturningDelete, ReturningUpdate
+from sqlalchemy.sql.dml import ReturningDelete, ReturningInsert, ReturningUpdate
 
 if TYPE_CHECKING:
     from sqlalchemy import RowMapping
@@ -43,11 +43,13 @@ __all__ = [
 ]
 
 Lock = Literal["update", "share"] | None
+Fixed = tuple[tuple[str, ColumnElement[Any]], ...]  # columns set to SQL expressions (DEFAULT)
+Condition = ColumnElement[bool] | None
 
 
 @cache
-def _fetch_statement(table: Table, lock: Lock) -> Select[Any]:
-    query = select(table).where(table.c.id == bindparam("row_id"))
+def _fetch_statement(table: Table, lock: Lock, by: str = "id") -> Select[Any]:
+    query = select(table).where(table.c[by] == bindparam("key"))
     if lock == "update":
         query = query.with_for_update()
     elif lock == "share":
@@ -58,53 +60,71 @@ def _fetch_statement(table: Table, lock: Lock) -> Select[Any]:
 async def fetch_row(
     conn: AsyncConnection, table: Table, row_id: int, *, lock: Lock = None
 ) -> RowMapping | None:
-    result = await conn.execute(_fetch_statement(table, lock), {"row_id": row_id})
+    result = await conn.execute(_fetch_statement(table, lock), {"key": row_id})
     row: RowMapping | None = result.mappings().first()
     return row
 
 
-async def insert_row(
-    conn: AsyncConnection, table: Table, values: dict[str, Any], *, request_id: str | None
-) -> tuple[RowMapping, bool]:
-    """Insert and return the row; with a request id, a retry returns the first row instead.
+@dataclass(frozen=True)
+class Guard:
+    """A condition an INSERT or UPDATE must meet to write anything, checked by the statement
+    itself (no read before it): `condition` is built once with bind parameters (it is part of
+    the statement's cache key), `params` are their values for this call."""
 
-    Returns (row, created). Concurrent retries with one request id wait on the unique index,
-    so exactly one inserts and the others read its row.
-    """
-    statement = insert(table).values(**values, create_request_id=request_id)
-    if request_id is not None:
+    condition: ColumnElement[bool]
+    params: dict[str, Any]
+
+
+@lru_cache(maxsize=256)  # a shape per set of columns a create sets
+def _insert_statement(
+    table: Table, columns: tuple[str, ...], with_request_id: bool, condition: Condition
+) -> ReturningInsert[tuple[Any, ...]]:
+    """INSERT ... SELECT each column from a parameter of its name (and create_request_id),
+    WHERE the condition holds, RETURNING *; a request id already used inserts nothing."""
+    row = select(
+        *(bindparam(c, type_=table.c[c].type).label(c) for c in [*columns, "create_request_id"])
+    )
+    if condition is not None:
+        row = row.where(condition)
+    statement = insert(table).from_select([*columns, "create_request_id"], row)
+    if with_request_id:
         statement = statement.on_conflict_do_nothing(index_elements=["create_request_id"])
-    row = (await conn.execute(statement.returning(table))).mappings().first()
-    if row is not None:
-        return row, True
-    assert request_id is not None
-    existing = await fetch_by_request_id(conn, table, request_id)
-    assert existing is not None  # the conflicting row
-    return existing, False
+    return statement.returning(table)
+
+
+async def insert_row(
+    conn: AsyncConnection,
+    table: Table,
+    values: dict[str, Any],
+    *,
+    request_id: str | None,
+    guard: Guard | None = None,
+) -> RowMapping | None:
+    """Insert and return the row, in one statement. With a request id, a retry inserts
+    nothing and returns the first row instead (concurrent retries wait on the unique index,
+    so exactly one inserts). None only when the guard refused."""
+    statement = _insert_statement(
+        table, tuple(values), request_id is not None, guard.condition if guard else None
+    )
+    params = {**values, "create_request_id": request_id, **(guard.params if guard else {})}
+    row: RowMapping | None = (await conn.execute(statement, params)).mappings().first()
+    if row is None and request_id is not None:
+        row = await fetch_by_request_id(conn, table, request_id)
+    return row
 
 
 async def fetch_by_request_id(
     conn: AsyncConnection, table: Table, request_id: str
 ) -> RowMapping | None:
     """The row a create with this idempotency key made, if any."""
-    query = select(table).where(table.c.create_request_id == request_id)
-    row: RowMapping | None = (await conn.execute(query)).mappings().first()
+    statement = _fetch_statement(table, None, "create_request_id")
+    row: RowMapping | None = (await conn.execute(statement, {"key": request_id})).mappings().first()
     return row
-
-
-@dataclass(frozen=True)
-class Guard:
-    """A condition an UPDATE must meet to write anything, checked by the UPDATE itself (no
-    read before it): `condition` is built once with bind parameters (it is part of the
-    statement's cache key), `params` are their values for this call."""
-
-    condition: ColumnElement[bool]
-    params: dict[str, Any]
 
 
 @lru_cache(maxsize=1024)  # a shape per set of columns an update writes
 def _update_statement(
-    table: Table, bound: tuple[str, ...], fixed: Fixed, condition: ColumnElement[bool] | None
+    table: Table, bound: tuple[str, ...], fixed: Fixed, condition: Condition
 ) -> ReturningUpdate[tuple[Any, ...]]:
     """UPDATE ... SET each `bound` column to a parameter of its name and each `fixed` one
     to its SQL expression (DEFAULT, say), bump the version and updated_at, RETURNING *."""
@@ -118,9 +138,6 @@ def _update_statement(
     )
 
 
-Fixed = tuple[tuple[str, ColumnElement[Any]], ...]
-
-
 async def update_row(
     conn: AsyncConnection,
     table: Table,
@@ -132,11 +149,10 @@ async def update_row(
     """Write `values` (plain values, or SQL expressions such as DEFAULT), bump the version
     (the etag) and updated_at; None if there is no row, or if the guard refused."""
     fixed = tuple((k, v) for k, v in values.items() if isinstance(v, ColumnElement))
-    params = {f"v_{k}": v for k, v in values.items() if not isinstance(v, ColumnElement)}
-    condition = guard.condition if guard else None
-    statement = _update_statement(table, tuple(k[2:] for k in params), fixed, condition)
-    guard_params = guard.params if guard else {}
-    result = await conn.execute(statement, {**params, **guard_params, "row_id": row_id})
+    bound = tuple(k for k, v in values.items() if not isinstance(v, ColumnElement))
+    statement = _update_statement(table, bound, fixed, guard.condition if guard else None)
+    params = {f"v_{k}": values[k] for k in bound} | (guard.params if guard else {})
+    result = await conn.execute(statement, {**params, "row_id": row_id})
     row: RowMapping | None = result.mappings().first()
     return row
 

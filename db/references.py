@@ -4,24 +4,19 @@ until the transaction ends. Statements are built once, with bind parameters (see
 from __future__ import annotations
 
 from datetime import datetime
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, bindparam, delete, exists, select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.sql.dml import ReturningInsert
 
 from db.crud import Guard
 from db.tables import clients, projects, sessions, tracks
 
 if TYPE_CHECKING:
-    from sqlalchemy import RowMapping
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = [
     "client_exists",
     "delete_project_tracks",
-    "insert_session_checked",
     "lock_project_client",
     "project_has_sessions",
     "project_of_client",
@@ -31,25 +26,20 @@ __all__ = [
 
 _PROJECT_CLIENT_FOR_SHARE = (
     select(projects.c.client_id)
-    .where(projects.c.id == bindparam("project_id"))
+    .where(projects.c.id == bindparam("g_project_id"))
     .with_for_update(read=True)
 )
 _CLIENT_EXISTS = select(exists().where(clients.c.id == bindparam("client_id")))
 _PROJECT_HAS_SESSIONS = select(exists().where(sessions.c.project_id == bindparam("project_id")))
 _DELETE_PROJECT_TRACKS = delete(tracks).where(tracks.c.project_id == bindparam("project_id"))
-_OWNER_FOR_SHARE = (
-    select(projects.c.client_id)
-    .where(projects.c.id == bindparam("g_project_id"))
-    .with_for_update(read=True)
-    .cte("project_owner")
-)
+_OWNER_FOR_SHARE = _PROJECT_CLIENT_FOR_SHARE.cte("project_owner")
 _PROJECT_OF_CLIENT = exists().where(_OWNER_FOR_SHARE.c.client_id == bindparam("g_client_id"))
 
 
 def project_of_client(project_id: int, client_id: int) -> Guard:
-    """For an UPDATE of a session: the project exists and belongs to the client, checked in
-    the UPDATE itself, with the project locked FOR SHARE until the transaction ends (what
-    lock_project_client does in a statement of its own)."""
+    """For a session's INSERT or UPDATE: the project exists and belongs to the client,
+    checked in that statement itself, with the project locked FOR SHARE until the
+    transaction ends (what lock_project_client does in a statement of its own)."""
     return Guard(_PROJECT_OF_CLIENT, {"g_project_id": project_id, "g_client_id": client_id})
 
 
@@ -59,7 +49,9 @@ async def lock_project_client(conn: AsyncConnection, project_id: int) -> int | N
     FOR SHARE: until we commit, nobody can delete the project or give it to another client,
     so a session linked to it cannot end up under the wrong client.
     """
-    client_id: int | None = await conn.scalar(_PROJECT_CLIENT_FOR_SHARE, {"project_id": project_id})
+    client_id: int | None = await conn.scalar(
+        _PROJECT_CLIENT_FOR_SHARE, {"g_project_id": project_id}
+    )
     return client_id
 
 
@@ -100,42 +92,3 @@ def session_filters(
     if start_before is not None:
         where.append(sessions.c.start_time < start_before)
     return where
-
-
-@lru_cache(maxsize=256)  # a shape per set of fields a booking sets
-def _insert_session_statement(
-    columns: tuple[str, ...], with_project: bool, with_request_id: bool
-) -> ReturningInsert[tuple[Any, ...]]:
-    row = select(
-        *(bindparam(c, type_=sessions.c[c].type).label(c) for c in columns),
-        bindparam("create_request_id", type_=sessions.c.create_request_id.type).label(
-            "create_request_id"
-        ),
-    )
-    if with_project:
-        owner = (
-            select(projects.c.client_id)
-            .where(projects.c.id == bindparam("project_id"))
-            .with_for_update(read=True)
-            .cte("project_owner")
-        )
-        row = row.where(exists().where(owner.c.client_id == bindparam("client_id")))
-    statement = insert(sessions).from_select([*columns, "create_request_id"], row)
-    if with_request_id:
-        statement = statement.on_conflict_do_nothing(index_elements=["create_request_id"])
-    return statement.returning(sessions)
-
-
-async def insert_session_checked(
-    conn: AsyncConnection, values: dict[str, Any], *, request_id: str | None
-) -> RowMapping | None:
-    """Book a session in ONE statement: the project (if any) is locked FOR SHARE and must
-    belong to the session's client, else nothing is inserted and None comes back; with a
-    request id, a retry inserts nothing and None comes back too. The caller tells the cases
-    apart on that (rare) path; the common path is a single round trip."""
-    statement = _insert_session_statement(
-        tuple(values), values.get("project_id") is not None, request_id is not None
-    )
-    result = await conn.execute(statement, {**values, "create_request_id": request_id})
-    row: RowMapping | None = result.mappings().first()
-    return row

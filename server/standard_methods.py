@@ -6,7 +6,9 @@ Each runs inside the call's transaction (ctx.db), so its checks and its write ar
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from google.protobuf.message import Message
 
@@ -17,7 +19,7 @@ from server.resource_mapping import version_of_etag
 from server.validation import validate_resource
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Sequence
 
     from google.protobuf.field_mask_pb2 import FieldMask
     from sqlalchemy import ColumnElement, RowMapping
@@ -26,9 +28,25 @@ if TYPE_CHECKING:
     from server.context import Ctx
     from server.resource_mapping import ResourceMapping
 
-__all__ = ["create", "delete", "get", "list_page", "not_found", "update"]
+__all__ = ["Guarded", "create", "delete", "get", "list_page", "not_found", "update"]
 
 M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Guarded(Generic[M]):
+    """A reference check that a create or update makes in its own statement (one round trip
+    checks and writes), and what to say when it refuses."""
+
+    # (the resource as it would be stored, the fields written) -> the guard, or None when
+    # this write needs no check
+    condition: Callable[[M, Collection[str]], Guard | None]
+    # raises why the resource was refused (it may read and lock what it needs)
+    explain: Callable[[Ctx, M], Awaitable[None]]
+
+    async def refused(self, ctx: Ctx, resource: M) -> None:
+        await self.explain(ctx, resource)
+        raise AssertionError("a guard refused what its explanation accepts")  # pragma: no cover
 
 
 def not_found(kind: str, resource_id: int) -> NotFound:
@@ -61,11 +79,20 @@ async def create(
     mapping: ResourceMapping[M],
     resource: M,
     request_id: str,
+    *,
+    guarded: Guarded[M] | None = None,
 ) -> M:
-    """Insert `resource`; a retried request id returns the first result and creates nothing."""
-    row, _created = await insert_row(
-        ctx.db, mapping.table, mapping.insert_values(resource), request_id=request_id or None
+    """Insert `resource` in one statement; a retried request id returns the first result and
+    creates nothing."""
+    guard = guarded.condition(resource, mapping.fields) if guarded else None
+    values = mapping.insert_values(resource)
+    row = await insert_row(
+        ctx.db, mapping.table, values, request_id=request_id or None, guard=guard
     )
+    if row is None:  # only a guard refuses an insert
+        assert guarded is not None
+        await guarded.refused(ctx, resource)
+    assert row is not None
     return mapping.to_message(row)
 
 
@@ -77,14 +104,12 @@ async def update(
     mask: FieldMask | None,
     *,
     check: Callable[[M, M, list[str]], Awaitable[None]] | None = None,
-    guard: Callable[[M, list[str]], Guard | None] | None = None,
+    guarded: Guarded[M] | None = None,
 ) -> M:
     """Write the masked fields of `patch`; the merged result must be a valid resource.
 
-    `check(current, merged, paths)` verifies references (it may lock what it reads).
-    `guard(merged, paths)` may instead give a condition the UPDATE checks itself (one round
-    trip for the check and the write); `check` then runs only when the guard refused, to
-    say why.
+    `check(current, merged, paths)` verifies references before the write (it may lock what
+    it reads); `guarded` checks them in the UPDATE itself.
     """
     resource_id: int = getattr(patch, "id")  # noqa: B009 (every resource has an id)
     current_row = await fetch_row(ctx.db, mapping.table, resource_id, lock="update")
@@ -95,16 +120,15 @@ async def update(
     current = mapping.to_message(current_row)
     merged = mapping.merged(current, patch, paths)
     validate_resource(merged, kind)
-    condition = guard(merged, paths) if guard is not None else None
-    if condition is None and check is not None:
+    if check is not None:
         await check(current, merged, paths)
+    guard = guarded.condition(merged, paths) if guarded else None
     values = mapping.update_values(patch, paths)
-    row = await update_row(ctx.db, mapping.table, resource_id, values, guard=condition)
-    if row is None:  # the row is locked (above): only the guard can have refused
-        assert check is not None
-        assert condition is not None
-        await check(current, merged, paths)  # raises why
-        raise AssertionError("a guard refused what its check accepts")  # pragma: no cover
+    row = await update_row(ctx.db, mapping.table, resource_id, values, guard=guard)
+    if row is None:  # the row is locked (above): only a guard refuses
+        assert guarded is not None
+        await guarded.refused(ctx, merged)
+    assert row is not None
     return mapping.to_message(row)
 
 

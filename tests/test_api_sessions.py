@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from studio.v1 import project_pb2, session_pb2
 from tests.api import Api, failure
 from tests.conftest import ApiServer, Tenant
+from tests.row_lock import RowLock
 
 DAY = 86_400
 
@@ -151,6 +152,21 @@ def test_an_update_that_breaks_the_project_link_is_refused_and_writes_nothing(
     got = failure(raised.value)
     assert (got.code, got.reason) == (grpc.StatusCode.FAILED_PRECONDITION, reason)
     assert _get(api, session.id) == session  # nothing was written, not even the version
+
+
+def test_editing_a_linked_session_without_touching_its_link_does_not_wait_for_the_project(
+    api: Api, studio: Tenant
+) -> None:
+    """Only a write that links a project (or moves the session to another client) checks and
+    locks the project: renaming a session is not held up by someone editing its project."""
+    client, room = api.client(), api.room()
+    project = api.project(client.id)
+    session = api.session(client.id, room.id, project_id=project.id)
+
+    with RowLock(studio.url, project.id, table="projects"):
+        renamed = _update(api, session_pb2.Session(id=session.id, title="Overdubs"), "title")
+
+    assert (renamed.title, renamed.project_id) == ("Overdubs", project.id)
 
 
 def test_a_session_moves_to_another_client_together_with_that_clients_project(api: Api) -> None:

@@ -5,14 +5,7 @@ from __future__ import annotations
 from datetime import UTC
 from typing import TYPE_CHECKING
 
-from db.crud import fetch_by_request_id
-from db.references import (
-    client_exists,
-    insert_session_checked,
-    lock_project_client,
-    project_of_client,
-    session_filters,
-)
+from db.references import client_exists, lock_project_client, project_of_client, session_filters
 from db.tables import sessions
 from server import standard_methods
 from server.errors import FailedPrecondition
@@ -21,6 +14,8 @@ from server.router import Router
 from studio.v1 import session_pb2 as pb
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from db.crud import Guard
     from server.context import Ctx
 
@@ -74,12 +69,16 @@ async def _check_project(ctx: Ctx, session: pb.Session) -> None:
         )
 
 
-def _project_guard(merged: pb.Session, paths: list[str]) -> Guard | None:
-    """When an update links a project or moves the session to another client: the project
+def _project_guard(session: pb.Session, written: Collection[str]) -> Guard | None:
+    """When a write links a project or moves a linked session to another client: the project
     must exist and belong to the session's client."""
-    if merged.HasField("project_id") and {"project_id", "client_id"} & set(paths):
-        return project_of_client(merged.project_id, merged.client_id)
+    if session.HasField("project_id") and ("project_id" in written or "client_id" in written):
+        return project_of_client(session.project_id, session.client_id)
     return None
+
+
+# Checked in the session's INSERT or UPDATE itself; when refused, _check_project says why.
+PROJECT_OF_CLIENT = standard_methods.Guarded(_project_guard, _check_project)
 
 
 @router.procedure("GetSession")
@@ -112,30 +111,20 @@ async def list_sessions(ctx: Ctx, request: pb.ListSessionsRequest) -> pb.ListSes
 @router.procedure("CreateSession", single_statement=True)
 async def create_session(ctx: Ctx, request: pb.CreateSessionRequest) -> pb.CreateSessionResponse:
     """One statement books the session, with the project locked and checked in it (the hot
-    path is one round trip). When nothing was inserted: a retried request id, or a refused
-    project, told apart here."""
-    request_id = request.request_id or None
-    values = SESSION.insert_values(request.session)
-    row = await insert_session_checked(ctx.db, values, request_id=request_id)
-    if row is None and request_id is not None:
-        row = await fetch_by_request_id(ctx.db, sessions, request_id)
-    if row is None:
-        await _check_project(ctx, request.session)  # raises why the project was refused
-        raise AssertionError("a refused insert with a valid project")  # pragma: no cover
-    return pb.CreateSessionResponse(session=SESSION.to_message(row))
+    path is one round trip)."""
+    session = await standard_methods.create(
+        ctx, SESSION, request.session, request.request_id, guarded=PROJECT_OF_CLIENT
+    )
+    return pb.CreateSessionResponse(session=session)
 
 
 @router.procedure("UpdateSession")
 async def update_session(ctx: Ctx, request: pb.UpdateSessionRequest) -> pb.UpdateSessionResponse:
     """Link, move or unlink (`update_mask: ["project_id"]` with no value) a session. The
-    project check is part of the UPDATE (a guard); when it refuses, _check_project says why."""
-
-    async def check(current: pb.Session, merged: pb.Session, paths: list[str]) -> None:
-        await _check_project(ctx, merged)
-
+    project check is part of the UPDATE."""
     mask = request.update_mask if request.HasField("update_mask") else None
     session = await standard_methods.update(
-        ctx, SESSION, "session", request.session, mask, check=check, guard=_project_guard
+        ctx, SESSION, "session", request.session, mask, guarded=PROJECT_OF_CLIENT
     )
     return pb.UpdateSessionResponse(session=session)
 
