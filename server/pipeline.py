@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.message import DecodeError, Message
-from sqlalchemy import TextClause, text
 
 from server.auth_throttle import FailedAuthThrottle, peer_host
 from server.context import Ctx
@@ -55,6 +54,7 @@ class Call:
     procedure: Procedure
     raw: bytes
     context: grpc.aio.ServicerContext[bytes, bytes]
+    metadata: Metadata  # the call's invocation metadata, read once
     request_id: str
     principal: Principal | None = None
     request: Message | None = None
@@ -62,6 +62,7 @@ class Call:
     error: ApiError | None = None
 
 
+Metadata = tuple[tuple[str, str | bytes], ...]
 Next = Callable[[Call], Awaitable[Message]]
 Middleware = Callable[[Call, Next], Awaitable[Message]]
 
@@ -72,8 +73,8 @@ _ID_PREFIX = uuid.uuid4().hex[:16]
 _id_counter = itertools.count(1)
 
 
-def _request_id(context: grpc.aio.ServicerContext[bytes, bytes]) -> str:
-    given = next((v for k, v in context.invocation_metadata() or () if k == "x-request-id"), None)
+def _request_id(metadata: Metadata) -> str:
+    given = next((v for k, v in metadata if k == "x-request-id"), None)
     if isinstance(given, str) and 0 < len(given) <= MAX_REQUEST_ID and given.isprintable():
         return given
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
@@ -122,6 +123,13 @@ async def map_errors(call: Call, next_: Next) -> Message:
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
+def _bound(middleware: Middleware, next_: Next) -> Next:
+    async def call_with_rest(call: Call) -> Message:
+        return await middleware(call, next_)
+
+    return call_with_rest
+
+
 class Pipeline:
     def __init__(
         self,
@@ -132,7 +140,7 @@ class Pipeline:
         self.authenticator = authenticator
         self.engines = engines
         self.throttle = throttle or FailedAuthThrottle()
-        self.middleware: tuple[Middleware, ...] = (
+        middleware: tuple[Middleware, ...] = (
             log_call,
             map_errors,
             self.apply_deadline,
@@ -140,18 +148,18 @@ class Pipeline:
             self.parse_and_validate,
             self.in_transaction,
         )
+        # The chain is composed once: each middleware bound to the rest of the chain.
+        chain: Next = self.invoke
+        for step in reversed(middleware):
+            chain = _bound(step, chain)
+        self.chain = chain
 
     async def run(
         self, procedure: Procedure, raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
-        call = Call(procedure, raw, context, _request_id(context))
-
-        async def step(index: int, current: Call) -> Message:
-            if index == len(self.middleware):
-                return await self.invoke(current)
-            return await self.middleware[index](current, lambda c: step(index + 1, c))
-
-        response = await step(0, call)
+        metadata = tuple(context.invocation_metadata() or ())
+        call = Call(procedure, raw, context, metadata, _request_id(metadata))
+        response = await self.chain(call)
         context.set_trailing_metadata((("x-request-id", call.request_id),))
         return response.SerializeToString()
 
@@ -172,9 +180,7 @@ class Pipeline:
         peer = peer_host(call.context.peer())
         self.throttle.check(peer)
         try:
-            call.principal = await self.authenticator.authenticate(
-                tuple(call.context.invocation_metadata() or ())
-            )
+            call.principal = await self.authenticator.authenticate(call.metadata)
         except Unauthenticated:
             self.throttle.failed(peer)
             raise
@@ -210,8 +216,7 @@ class Pipeline:
                     if call.procedure.single_statement:
                         return await next_(call)
                     async with call.db.begin():
-                        begin = _begin(call.context.time_remaining())
-                        await call.db.execute(begin, execution_options=UNCACHED)
+                        await call.db.exec_driver_sql(_begin(call.context.time_remaining()))
                         return await next_(call)
             except Exception as exc:
                 if attempt == TRANSACTION_ATTEMPTS or not is_retryable(exc):
@@ -228,18 +233,14 @@ class Pipeline:
         )
 
 
-BEGIN = text("BEGIN")
-# The BEGIN text carries a different timeout for nearly every call: kept out of SQLAlchemy's
-# compiled cache, where thousands of one-off entries would push out the statements that recur.
-UNCACHED = {"compiled_cache": None}
-
-
-def _begin(remaining: float | None) -> TextClause:
+def _begin(remaining: float | None) -> str:
     """BEGIN, with the deadline as statement_timeout when there is one: PostgreSQL enforces it
-    too (a statement waiting for a lock stops there). Sent as one simple query."""
+    too (a statement waiting for a lock stops there). Sent to the driver as is, in one simple
+    query: the timeout differs for nearly every call, and SQLAlchemy's compiled cache would
+    fill with one-off entries pushing out the statements that recur."""
     if remaining is None:
-        return BEGIN
-    return text(f"BEGIN; SET LOCAL statement_timeout = {max(1, int(remaining * 1000))}")
+        return "BEGIN"
+    return f"BEGIN; SET LOCAL statement_timeout = {max(1, int(remaining * 1000))}"
 
 
 def method_handlers(
