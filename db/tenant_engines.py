@@ -76,13 +76,17 @@ class TenantEngines:
 
     async def _evict(self, keep: tuple[str | None, str]) -> None:
         """Close least recently used pools with nothing checked out, to make room."""
+        open_now = self.open_connections()  # counted once, then kept up to date as we close
         for key, entry in sorted(self._entries.items(), key=lambda item: item[1].last_used):
-            if self.open_connections() + self.pool_size <= self.max_connections:
+            if open_now + self.pool_size <= self.max_connections:
                 return
-            pool = entry.engine.sync_engine.pool
-            if key != keep and pool.checkedout() == 0:  # type: ignore[attr-defined]
-                del self._entries[key]
-                await entry.engine.dispose()
+            busy = entry.engine.sync_engine.pool.checkedout() > 0  # type: ignore[attr-defined]
+            # (close_idle may have taken it meanwhile: we await between pools)
+            if key == keep or busy or key not in self._entries:
+                continue
+            del self._entries[key]
+            open_now -= _pooled(entry.engine)
+            await entry.engine.dispose()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -91,9 +95,13 @@ class TenantEngines:
         """Dispose the pools of tenants idle for longer than idle_seconds; how many."""
         cutoff = time.monotonic() - self.idle_seconds
         idle = [key for key, entry in self._entries.items() if entry.last_used < cutoff]
+        closed = 0
         for key in idle:
-            await self._entries.pop(key).engine.dispose()
-        return len(idle)
+            entry = self._entries.pop(key, None)  # eviction may have taken it meanwhile
+            if entry is not None:
+                await entry.engine.dispose()
+                closed += 1
+        return closed
 
     async def close_all(self) -> None:
         entries, self._entries = list(self._entries.values()), {}

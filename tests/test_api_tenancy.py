@@ -19,6 +19,7 @@ from studio.v1 import session_pb2
 from tests.api import Api
 from tests.conftest import ApiServer, Tenant
 from tests.row_lock import RowLock, lock_waiters
+from tests.serving import start_serve
 
 POOL_SIZE = 5  # studio serve's default per tenant
 
@@ -103,3 +104,33 @@ def test_a_deadline_cancels_a_single_statement_call_too(api: Api, studio: Tenant
         assert lock_waiters(studio.url) == 0
     listed = api.sessions.ListSessions(session_pb2.ListSessionsRequest(project_id=project.id))
     assert list(listed.sessions) == []  # the cancelled booking was not made
+
+
+def test_a_process_holds_no_more_tenant_connections_than_its_cap(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """`--max-db-connections 5` (one tenant's pool): serving eight studios one after the
+    other, the process closes the least recently used idle pools instead of holding one
+    connection per studio."""
+    tenants = [api_server.new_tenant("capped") for _ in range(8)]
+    server = start_serve(
+        tmp_path / "serve", "--no-demo", "--max-db-connections", "5",
+        master_url=api_server.master_url,
+    )  # fmt: skip
+    try:
+        for tenant in tenants:
+            api = Api(server.address, tenant.key)
+            try:
+                api.client("Visitor")
+            finally:
+                api.close()
+        time.sleep(0.5)  # the eviction of idle pools runs beside the calls
+        names = [str(psycopg.conninfo.conninfo_to_dict(t.url)["dbname"]) for t in tenants]
+        with psycopg.connect(api_server.master_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s)", (names,)
+            ).fetchone()
+        assert row is not None
+        assert 1 <= row[0] <= POOL_SIZE
+    finally:
+        assert server.terminate() == 0
