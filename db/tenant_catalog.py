@@ -14,6 +14,7 @@ __all__ = [
     "TenantLocation",
     "describe_conninfo",
     "list_tenants",
+    "server_of",
     "tenant_conninfo",
     "with_database",
 ]
@@ -36,12 +37,15 @@ def with_database(url: str, dbname: str) -> str:
     return make_conninfo(url, dbname=dbname)
 
 
+def server_of(conninfo: str) -> str:
+    """host:port of the server a connection string points at."""
+    params = conninfo_to_dict(conninfo)
+    return f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
+
+
 def describe_conninfo(conninfo: str) -> str:
     """host:port/dbname, for reports and logs (never the password)."""
-    params = conninfo_to_dict(conninfo)
-    host = params.get("host") or "localhost"
-    port = params.get("port") or "5432"
-    return f"{host}:{port}/{params.get('dbname', '')}"
+    return f"{server_of(conninfo)}/{conninfo_to_dict(conninfo).get('dbname', '')}"
 
 
 async def list_tenants(master: AsyncConnection[tuple[object, ...]]) -> list[TenantLocation]:

@@ -18,7 +18,7 @@ from db.engines import create_engine_for
 from db.local_postgres import LocalPostgres
 from db.master_tables import organizations
 from db.migrations.fleet import Fleet, FleetOptions
-from db.migrations.runner import Status
+from db.migrations.runner import DatabaseReport, Status
 from db.tenant_catalog import with_database
 from db.tenants import create_database_if_missing, provision_tenant
 
@@ -61,14 +61,19 @@ async def open_databases(database_url: str | None, data_dir: Path) -> Databases:
     return Databases(database_url, embedded)
 
 
+MIGRATED = frozenset({Status.APPLIED, Status.UP_TO_DATE})  # anything else is logged as an error
+
+
 async def migrate_all(master_url: str) -> bool:
-    """Apply pending migrations to the master and every tenant; False if the master failed."""
-    reports = await Fleet(master_url, FleetOptions(mode="up")).run()
-    for report in reports:
-        good = report.status in {Status.APPLIED, Status.UP_TO_DATE}
-        log.log(logging.INFO if good else logging.ERROR, "migrate %s: %s %s",
+    """Apply pending migrations to the master and every tenant, logging each database as it
+    finishes; False if the master failed."""
+
+    def log_report(report: DatabaseReport) -> None:
+        log.log(logging.INFO if report.status in MIGRATED else logging.ERROR, "migrate %s: %s %s",
                 report.target, report.status, report.error or "")  # fmt: skip
-    return reports[0].status in {Status.APPLIED, Status.UP_TO_DATE}
+
+    reports = await Fleet(master_url, FleetOptions(mode="up"), on_report=log_report).run()
+    return reports[0].status in MIGRATED
 
 
 async def ensure_demo_tenant(master_url: str, data_dir: Path) -> DemoTenant:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from studio.v1 import client_pb2, client_pb2_grpc
 from tests.conftest import ApiServer
-from tests.serving import start_serve
+from tests.serving import STUDIO, start_serve
 
 
 def _issue(name: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
@@ -95,3 +96,20 @@ def test_the_api_is_served_over_tls(api_server: ApiServer, tmp_path: Path, mutua
             assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
     finally:
         server.terminate()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [("--tls-cert", "cert.pem"), ("--tls-key", "key.pem"), ("--tls-client-ca", "ca.pem")],
+)
+def test_half_a_tls_configuration_is_refused_not_served_in_the_clear(
+    tmp_path: Path, flags: tuple[str, str]
+) -> None:
+    result = subprocess.run(
+        [STUDIO, "serve", "--port", "0", "--data-dir", str(tmp_path), flags[0],
+         str(tmp_path / flags[1])],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--tls-cert and --tls-key go together" in result.stderr
+    assert "serving gRPC" not in result.stdout

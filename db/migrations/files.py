@@ -61,6 +61,11 @@ class MigrationFile:
         """Split once per file and reused for every database of a fleet run."""
         return split_statements(self.sql)
 
+    @cached_property
+    def statement_checksums(self) -> list[str]:
+        """Each statement's checksum: what a resumed no-transaction file must still match."""
+        return [checksum(s.text) for s in self.statements]
+
 
 def migrations_dir(kind: Kind) -> Path:
     """The SQL files that ship with the package (migrations_sql/master or /tenant)."""
@@ -78,7 +83,7 @@ def checksum(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _directives(filename: str, text: str) -> dict[str, str]:
+def _directives(text: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for line in text.split("\n"):
         stripped = line.strip()
@@ -131,7 +136,7 @@ def load_migrations(directory: Path) -> tuple[list[MigrationFile], list[str]]:
             continue
         try:
             text = normalize(path.read_bytes())
-            directives = _directives(path.name, text)
+            directives = _directives(text)
         except (UnicodeDecodeError, ValueError) as exc:
             problems.append(f"{path.name}: {exc}")
             continue

@@ -14,15 +14,15 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from db.migrations.files import Kind, MigrationFile, load_migrations, migrations_dir
 from db.migrations.runner import DatabaseReport, Mode, Status, run_database
-from db.tenant_catalog import describe_conninfo, list_tenants, tenant_conninfo
+from db.tenant_catalog import describe_conninfo, list_tenants, server_of, tenant_conninfo
 
 __all__ = ["BAD", "Fleet", "FleetOptions", "Target", "run_one"]
 
@@ -60,13 +60,8 @@ async def run_one(
         lock_wait=lock_wait,
         baseline_version=baseline_version,
     )
-    report.server = _server_of(conninfo)
+    report.server = server_of(conninfo)
     return report
-
-
-def _server_of(conninfo: str) -> str:
-    params = conninfo_to_dict(conninfo)
-    return f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
 
 
 @dataclass(frozen=True)
@@ -74,9 +69,9 @@ class Target:
     name: str  # "tenant <slug>"
     conninfo: str
 
-    @property
+    @cached_property
     def server(self) -> str:
-        return _server_of(self.conninfo)
+        return server_of(self.conninfo)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 import psycopg
 
 from db.migrations import history
-from db.migrations.files import MigrationFile, checksum
+from db.migrations.files import MigrationFile
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -122,10 +122,6 @@ class _Plan:
     warnings: list[str]
 
 
-def _statement_checksums(file: MigrationFile) -> list[str]:
-    return [checksum(s.text) for s in file.statements]  # only for no-transaction files
-
-
 def _plan(files: list[MigrationFile], applied: list[history.AppliedMigration]) -> _Plan:
     """What is pending, and the problems that must refuse the run before any change."""
     plan = _Plan([], {}, [], [], [])
@@ -138,7 +134,7 @@ def _plan(files: list[MigrationFile], applied: list[history.AppliedMigration]) -
             )
         elif not row.complete:
             done = row.statements_done or 0
-            if _statement_checksums(file)[:done] != list(row.statement_checksums[:done]):
+            if file.statement_checksums[:done] != list(row.statement_checksums[:done]):
                 plan.drift.append(
                     f"{file.filename}: its first {done} statements ran and were edited since"
                 )
@@ -271,7 +267,7 @@ async def _apply_outside_transaction(
     if invalid:
         raise _InvalidIndexes(invalid)
     statements = file.statements
-    sums = _statement_checksums(file)
+    sums = file.statement_checksums
     start = (resume.statements_done or 0) if resume else 0
     started = time.monotonic()
     for setting in _timeouts(file, local=False):
@@ -345,10 +341,6 @@ async def run_database(
             raise
         report.status = Status.UNREACHABLE
         report.problems.append(str(exc).strip())
-    except asyncio.CancelledError:
-        report.status = Status.INTERRUPTED
-        report.duration_ms = int((time.monotonic() - started) * 1000)
-        raise
     report.duration_ms = int((time.monotonic() - started) * 1000)
     return report
 
@@ -401,13 +393,14 @@ async def _run(
         await history.ensure_history_tables(conn)
         # Another runner may have applied files while we waited for the lock.
         applied = await history.read_history(conn)
-        plan = _plan(files, applied)
         if mode == "repair":
             await _repair(conn, files, report, applied, version)
         elif mode == "baseline":
             await _apply_baseline(conn, files, report, applied, version)
-        elif not _refuse(report, plan, file_problems):
-            await _apply_pending(conn, plan, report, lock_retries)
+        else:
+            plan = _plan(files, applied)
+            if not _refuse(report, plan, file_problems):
+                await _apply_pending(conn, plan, report, lock_retries)
     finally:
         if not conn.broken:
             await conn.execute(f"SELECT pg_advisory_unlock({LOCK_KEY})")

@@ -149,7 +149,17 @@ def announce(line: str) -> None:
     sys.stdout.flush()
 
 
+EXIT_USAGE = 2  # as argparse exits on a bad command line
+
+
 def run(args: argparse.Namespace) -> int:
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        # Half a TLS configuration must not quietly serve in the clear.
+        print(
+            "studio serve: --tls-cert and --tls-key go together, and --tls-client-ca needs them",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     # Log lines are written in batches by a thread: a write that blocks (a slow disk, a full
     # pipe) must not stall the event loop, and one write per call would cost more than the
     # call's SQL. Records carry no caller, thread or process fields: nothing prints them.
@@ -193,7 +203,7 @@ async def _serve(args: argparse.Namespace) -> int:
             max_concurrent_calls=args.max_concurrent_calls,
             auth_failures_per_second=args.auth_failures_per_second,
             tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
-            if args.tls_cert and args.tls_key
+            if args.tls_cert
             else None,
         )
         # What start-up allocated lives as long as the process: keep the collector off it, so
