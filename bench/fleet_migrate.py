@@ -23,9 +23,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from db.engines import create_engine_for
 from db.local_postgres import LocalPostgres
 from db.migrations.fleet import Fleet, FleetOptions, run_one
 from db.migrations.runner import Status
+from db.tenants import register_tenant
 
 
 async def _sample_peaks(servers: list[str], stop: asyncio.Event) -> dict[str, int]:
@@ -58,20 +60,16 @@ async def _recreate(servers: list[str], names: list[str]) -> None:
 
 
 async def _register(master_url: str, servers: list[str], names: list[str]) -> None:
-    async with await psycopg.AsyncConnection.connect(master_url, autocommit=True) as conn:
-        for index, name in enumerate(names):
-            org = await (
-                await conn.execute(
-                    "INSERT INTO organizations (name, slug) VALUES (%s, %s) RETURNING id",
-                    (name, name.replace("_", "-")),
-                )
-            ).fetchone()
-            assert org is not None
-            await conn.execute(
-                "INSERT INTO tenant_databases (organization_id, server_url, database_name)"
-                " VALUES (%s, %s, %s)",
-                (org[0], servers[index % 2], name),
-            )
+    engine = create_engine_for(master_url, pool_size=1)
+    try:
+        async with engine.begin() as master:
+            for index, name in enumerate(names):
+                await register_tenant(
+                    master, name=name, slug=name.replace("_", "-"), database_name=name,
+                    server_url=servers[index % 2],
+                )  # fmt: skip
+    finally:
+        await engine.dispose()
 
 
 async def bench(tenants: int, jobs_values: list[int]) -> list[dict[str, object]]:

@@ -31,7 +31,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _bundled_bin_dir() -> Path:
+def bundled_bin_dir() -> Path:
     override = os.environ.get("STUDIO_PG_BIN")
     if override:
         return Path(override)
@@ -81,7 +81,7 @@ class LocalPostgres:
         # A throwaway test cluster trades crash safety for speed (fsync off).
         self.durable = durable
         self.max_connections = max_connections
-        self.bin_dir = _bundled_bin_dir()
+        self.bin_dir = bundled_bin_dir()
         self.user = _run_as_user()
         self.port: int | None = None
         self.started_here = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -23,11 +24,15 @@ from db.migrations.fleet import run_one
 from db.migrations.runner import Status
 from db.tenant_catalog import with_database
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
 __all__ = [
     "ProvisionError",
     "ProvisionedTenant",
     "create_database_if_missing",
     "provision_tenant",
+    "register_tenant",
     "slugify",
     "tenant_database_name",
 ]
@@ -86,6 +91,27 @@ async def _drop_database(url: str) -> None:
         )
 
 
+async def register_tenant(
+    master: AsyncConnection,
+    *,
+    name: str,
+    slug: str,
+    database_name: str,
+    server_url: str | None = None,
+) -> int:
+    """Record an organization and where its (existing, migrated) database lives; its id."""
+    org_id = await master.scalar(
+        insert(organizations).values(name=name, slug=slug).returning(organizations.c.id)
+    )
+    assert org_id is not None
+    await master.execute(
+        insert(tenant_databases).values(
+            organization_id=org_id, server_url=server_url, database_name=database_name
+        )
+    )
+    return int(org_id)
+
+
 async def provision_tenant(
     master_url: str, *, name: str, slug: str | None = None, server_url: str | None = None
 ) -> ProvisionedTenant:
@@ -109,14 +135,8 @@ async def provision_tenant(
             if report.status not in {Status.APPLIED, Status.UP_TO_DATE}:
                 raise ProvisionError(f"migrating the new database failed: {report.as_dict()}")
             async with master.begin() as conn:
-                org_id = await conn.scalar(
-                    insert(organizations).values(name=name, slug=slug).returning(organizations.c.id)
-                )
-                assert org_id is not None
-                await conn.execute(
-                    insert(tenant_databases).values(
-                        organization_id=org_id, server_url=server_url, database_name=database_name
-                    )
+                org_id = await register_tenant(
+                    conn, name=name, slug=slug, database_name=database_name, server_url=server_url
                 )
                 api_key = await create_key(conn, organization_id=org_id, role="admin", name="admin")
         except BaseException:
