@@ -110,7 +110,7 @@ def test_a_database_restart_under_load_loses_no_acknowledged_booking(tmp_path: P
 
 
 def test_a_tenant_whose_database_is_gone_is_unavailable_and_others_are_not(
-    api_server: ApiServer, databases: object
+    api_server: ApiServer,
 ) -> None:
     gone, fine = api_server.new_tenant("gone"), api_server.new_tenant("fine")
     lost, kept = api_server.api(gone.key), api_server.api(fine.key)
@@ -131,9 +131,9 @@ def test_a_tenant_whose_database_is_gone_is_unavailable_and_others_are_not(
             for _ in range(100)])  # fmt: skip
         hammer.start()
         for _ in range(50):
-            kept.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10)
+            listed = kept.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10)
+            assert [c.name for c in listed.clients] == ["Unaffected"]
         hammer.join()
-        assert kept.sessions.ListSessions(session_pb2.ListSessionsRequest()).sessions == []
     finally:
         lost.close()
         kept.close()
@@ -151,39 +151,42 @@ def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(
     server = start_serve(tmp_path, "--no-demo", "--skip-migrations", "--grace", "10",
                          master_url=api_server.master_url)  # fmt: skip
     api = Api(server.address, tenant.key)
-    session = api.session(api.client().id, api.room().id)
-    row_lock = RowLock(tenant.url, session.id).__enter__()
-    results: list[object] = []
-    in_flight = threading.Thread(target=lambda: results.append(api.sessions.UpdateSession(
-        session_pb2.UpdateSessionRequest(session=session_pb2.Session(id=session.id, title="Late")),
-        timeout=30)))  # fmt: skip
-    in_flight.start()
-    deadline = time.monotonic() + 10
-    while not lock_waiters(tenant.url):  # until the update really waits for the row
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    late = Api(server.address, tenant.key)  # a new caller after SIGTERM
     try:
-        with pytest.raises(grpc.RpcError) as raised:
-            late.clients.ListClients(client_pb2.ListClientsRequest(), timeout=5)
-        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+        session = api.session(api.client().id, api.room().id)
+        results: list[object] = []
+        with RowLock(tenant.url, session.id) as row_lock:
+            in_flight = threading.Thread(target=lambda: results.append(api.sessions.UpdateSession(
+                session_pb2.UpdateSessionRequest(
+                    session=session_pb2.Session(id=session.id, title="Late")),
+                timeout=30)))  # fmt: skip
+            in_flight.start()
+            deadline = time.monotonic() + 10
+            while not lock_waiters(tenant.url):  # until the update really waits for the row
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            late = Api(server.address, tenant.key)  # a new caller after SIGTERM
+            try:
+                with pytest.raises(grpc.RpcError) as raised:
+                    late.clients.ListClients(client_pb2.ListClientsRequest(), timeout=5)
+                assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+            finally:
+                late.close()
+            row_lock.release()
+            in_flight.join(30)
+        started = time.monotonic()
+        assert server.terminate(timeout=15) == 0
+        assert time.monotonic() - started < 10
+        [response] = results
+        assert response.session.title == "Late"  # type: ignore[attr-defined]
+        with psycopg.connect(tenant.url) as conn:
+            assert conn.execute(
+                "SELECT title FROM sessions WHERE id = %s", (session.id,)
+            ).fetchone() == ("Late",)
     finally:
-        late.close()
-    row_lock.release()
-    in_flight.join(30)
-    row_lock.__exit__(None, None, None)
-    started = time.monotonic()
-    assert server.terminate(timeout=15) == 0
-    assert time.monotonic() - started < 10
-    [response] = results
-    assert response.session.title == "Late"  # type: ignore[attr-defined]
-    with psycopg.connect(tenant.url) as conn:
-        assert conn.execute(
-            "SELECT title FROM sessions WHERE id = %s", (session.id,)
-        ).fetchone() == ("Late",)
-    api.close()
+        api.close()
+        server.terminate()
 
 
 def test_kill_9_of_the_server_loses_nothing_that_was_acknowledged(

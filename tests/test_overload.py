@@ -12,7 +12,7 @@ import pytest
 from studio.v1 import client_pb2, session_pb2
 from tests.api import Api, failure
 from tests.conftest import ApiServer
-from tests.row_lock import RowLock
+from tests.row_lock import RowLock, lock_waiters
 from tests.serving import start_serve
 
 LIMIT = 4
@@ -29,15 +29,17 @@ def test_calls_beyond_the_limit_get_resource_exhausted_at_once_and_the_server_re
     try:
         api = Api(server.address, tenant.key)
         session = api.session(api.client().id, api.room().id)
-        row_lock = RowLock(tenant.url, session.id).__enter__()
         update = session_pb2.UpdateSessionRequest(
             session=session_pb2.Session(id=session.id, title="Waiting")
         )
-        with ThreadPoolExecutor(LIMIT) as pool:
+        with RowLock(tenant.url, session.id) as row_lock, ThreadPoolExecutor(LIMIT) as pool:
             stuck = [
                 pool.submit(api.sessions.UpdateSession, update, timeout=30) for _ in range(LIMIT)
             ]
-            time.sleep(1.0)  # all LIMIT calls are in flight, waiting for the row
+            deadline = time.monotonic() + 10
+            while lock_waiters(tenant.url) < LIMIT:  # all LIMIT calls in flight, waiting
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as raised:
                 api.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10)
@@ -50,7 +52,6 @@ def test_calls_beyond_the_limit_get_resource_exhausted_at_once_and_the_server_re
             assert _rss_mb(server.process.pid) - rss_before < 50  # memory stays bounded
             row_lock.release()
             assert all(f.result().session.title == "Waiting" for f in stuck)
-        row_lock.__exit__(None, None, None)
         # load is gone: calls are served again
         assert api.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10).clients
     finally:
