@@ -46,8 +46,6 @@ def test_a_tenant_on_another_postgresql_server_is_served_from_there(
 
 def _connections(tenant: Tenant) -> int:
     with psycopg.connect(with_database(tenant.url, "postgres")) as conn:
-        dbname = conn.execute("SELECT current_database()").fetchone()
-        assert dbname is not None
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
             (psycopg.conninfo.conninfo_to_dict(tenant.url)["dbname"],),
@@ -57,16 +55,30 @@ def _connections(tenant: Tenant) -> int:
 
 
 def test_a_burst_of_calls_uses_at_most_the_pool_of_its_tenant(api_server: ApiServer) -> None:
+    """24 calls at once, all held in the database by a locked row: only the tenant's pool
+    of 5 reach PostgreSQL; the others wait for a connection, then all succeed."""
     tenant = api_server.new_tenant("burst")
+    setup = api_server.api(tenant.key)
+    session = setup.session(setup.client().id, setup.room().id)
     callers = [api_server.api(tenant.key) for _ in range(24)]
+    update = session_pb2.UpdateSessionRequest(
+        session=session_pb2.Session(id=session.id, title="Burst")
+    )
     try:
-        with ThreadPoolExecutor(len(callers)) as pool:
-            made = list(pool.map(lambda c: c.client("Burst"), callers))
+        with RowLock(tenant.url, session.id) as row_lock, ThreadPoolExecutor(24) as pool:
+            calls = [pool.submit(c.sessions.UpdateSession, update, timeout=30) for c in callers]
+            deadline = time.monotonic() + 10
+            while lock_waiters(tenant.url) < POOL_SIZE:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.5)  # time for any call beyond the pool to reach the database too
+            assert lock_waiters(tenant.url) == POOL_SIZE
+            assert _connections(tenant) == POOL_SIZE + 1  # the pool, and the lock's holder
+            row_lock.release()
+            assert all(c.result().session.title == "Burst" for c in calls)
     finally:
-        for caller in callers:
+        for caller in [setup, *callers]:
             caller.close()
-    assert len({c.id for c in made}) == len(callers)
-    assert 1 <= _connections(tenant) <= POOL_SIZE
 
 
 def test_a_callers_deadline_cancels_its_database_work(api: Api, studio: Tenant) -> None:
