@@ -90,35 +90,12 @@ async def _run_workers(args: argparse.Namespace, master_url: str, stop: asyncio.
     """N single-process servers on one port; this process set up the databases and only
     supervises (it forwards SIGTERM and waits for them)."""
     port = args.port or free_port()
+    # Each worker gets this command line as given (every flag, new ones included), with the
+    # overrides after it: argparse keeps the last value of a repeated option.
     command = [
-        sys.executable,
-        "-m",
-        "server.cli",
-        "serve",
-        "--host",
-        args.host,
-        "--port",
-        str(port),
-        "--skip-migrations",
-        "--no-demo",
-        "--grace",
-        str(args.grace),
-        "--key-cache-seconds",
-        str(args.key_cache_seconds),
-        "--max-db-connections",
-        str(args.max_db_connections),
-        "--max-concurrent-calls",
-        str(args.max_concurrent_calls),
-        "--auth-failures-per-second",
-        str(args.auth_failures_per_second),
-    ]
-    for flag, path in (
-        ("--tls-cert", args.tls_cert),
-        ("--tls-key", args.tls_key),
-        ("--tls-client-ca", args.tls_client_ca),
-    ):
-        if path:
-            command += [flag, str(path.resolve())]  # fmt: skip
+        sys.executable, "-m", "server.cli", *sys.argv[1:],
+        "--workers", "1", "--port", str(port), "--skip-migrations", "--no-demo",
+    ]  # fmt: skip
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
     workers = [
         await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE)
