@@ -12,6 +12,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,20 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("STUDIO_TEST_PG") != "throwaway" and _answers(MACHINE_PG):
         yield MACHINE_PG
         return
-    cluster = LocalPostgres(tmp_path_factory.mktemp("pg") / "data", durable=False)
+    with _throwaway_cluster(tmp_path_factory, "pg") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def second_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Another PostgreSQL server (its `postgres` database): tenants live on more than one."""
+    with _throwaway_cluster(tmp_path_factory, "second") as url:
+        yield url
+
+
+@contextmanager
+def _throwaway_cluster(factory: pytest.TempPathFactory, name: str) -> Iterator[str]:
+    cluster = LocalPostgres(factory.mktemp(name) / "data", durable=False)
     cluster.start()
     try:
         yield cluster.url()

@@ -12,7 +12,6 @@ import grpc
 import psycopg
 import pytest
 
-from db.local_postgres import LocalPostgres
 from db.tenant_catalog import with_database
 from db.tenants import provision_tenant
 from studio.v1 import session_pb2
@@ -25,23 +24,18 @@ POOL_SIZE = 5  # studio serve's default per tenant
 
 
 def test_a_tenant_on_another_postgresql_server_is_served_from_there(
-    api_server: ApiServer, tmp_path: Path
+    api_server: ApiServer, second_server: str
 ) -> None:
-    other = LocalPostgres(tmp_path / "other" / "data", durable=False)
-    other.start()
+    tenant = asyncio.run(
+        provision_tenant(api_server.master_url, name="Far Away", server_url=second_server)
+    )
+    api = api_server.api(tenant.api_key)
     try:
-        tenant = asyncio.run(
-            provision_tenant(api_server.master_url, name="Far Away", server_url=other.url())
-        )
-        api = api_server.api(tenant.api_key)
-        try:
-            api.client("Lives elsewhere")
-        finally:
-            api.close()
-        with psycopg.connect(other.url(tenant.database_name)) as conn:
-            assert conn.execute("SELECT name FROM clients").fetchall() == [("Lives elsewhere",)]
+        api.client("Lives elsewhere")
     finally:
-        other.stop("immediate")
+        api.close()
+    with psycopg.connect(with_database(second_server, tenant.database_name)) as conn:
+        assert conn.execute("SELECT name FROM clients").fetchall() == [("Lives elsewhere",)]
 
 
 def _connections(tenant: Tenant) -> int:

@@ -8,14 +8,12 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from db.local_postgres import LocalPostgres
 from db.migrations.fleet import Fleet, FleetOptions, run_one
 from db.migrations.runner import Status
 from db.tenant_catalog import with_database
@@ -24,17 +22,6 @@ from tests.conftest import Databases
 from tests.serving import STUDIO
 
 SLOW = 0.4  # seconds a test migration sleeps, so that runs overlap
-
-
-@pytest.fixture(scope="session")
-def second_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Another PostgreSQL server: tenants live on more than one."""
-    cluster = LocalPostgres(tmp_path_factory.mktemp("second") / "data", durable=False)
-    cluster.start()
-    try:
-        yield cluster.url()
-    finally:
-        cluster.stop("immediate")
 
 
 @dataclass
