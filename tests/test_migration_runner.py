@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from db.migrations.files import checksum, load_migrations, migrations_dir, normalize
 from db.migrations.fleet import run_one
-from db.migrations.runner import LOCK_KEY, DatabaseReport, Status
+from db.migrations.runner import LOCK_KEY, Status
+from tests.migrating import CopyMigrations, migrate_up
 
-CopyMigrations = Callable[..., Path]
 ALL_TENANT_VERSIONS = list(range(1, 9))
 
 
@@ -22,12 +20,8 @@ async def _fetch(url: str, query: str, params: tuple[object, ...] = ()) -> list[
         return await (await conn.execute(query, params)).fetchall()
 
 
-async def _up(url: str, folder: Path | None = None, **kwargs: object) -> DatabaseReport:
-    return await run_one(url, "tenant", mode="up", directory=folder, **kwargs)  # type: ignore[arg-type]
-
-
 async def test_up_applies_every_file_once_and_records_each(fresh_db: str) -> None:
-    report = await _up(fresh_db)
+    report = await migrate_up(fresh_db)
     assert report.status is Status.APPLIED
     assert (report.before, report.after, report.applied) == (None, 8, ALL_TENANT_VERSIONS)
 
@@ -41,7 +35,7 @@ async def test_up_applies_every_file_once_and_records_each(fresh_db: str) -> Non
         (f.version, f.filename, f.checksum, "applied", "postgres", True, True) for f in files
     ]
 
-    again = await _up(fresh_db)
+    again = await migrate_up(fresh_db)
     assert (again.status, again.applied, again.before) == (Status.UP_TO_DATE, [], 8)
 
 
@@ -56,7 +50,7 @@ async def test_a_failed_file_leaves_no_trace_and_a_fixed_rerun_needs_no_force(
         "-- the next statement names a column that does not exist\n"
         "ALTER TABLE rooms ADD CONSTRAINT rooms_bogus_check CHECK (no_such_column > 0);\n"
     )
-    report = await _up(fresh_db, folder)
+    report = await migrate_up(fresh_db, folder)
 
     assert report.status is Status.FAILED
     assert report.applied == [1, 2]
@@ -76,7 +70,7 @@ async def test_a_failed_file_leaves_no_trace_and_a_fixed_rerun_needs_no_force(
     assert attempts == [(3, "failed", "42703", 4)]
 
     bad.write_text("CREATE TABLE studio_notes (id bigint PRIMARY KEY);\n")
-    fixed = await _up(fresh_db, folder)
+    fixed = await migrate_up(fresh_db, folder)
     assert (fixed.status, fixed.applied) == (Status.APPLIED, [3])
 
 
@@ -84,7 +78,7 @@ async def test_an_edited_applied_file_refuses_the_run_before_any_change(
     fresh_db: str, tenant_migrations: CopyMigrations
 ) -> None:
     folder = tenant_migrations(up_to=3)
-    assert (await _up(fresh_db, folder)).status is Status.APPLIED
+    assert (await migrate_up(fresh_db, folder)).status is Status.APPLIED
     edited = folder / "0002_create_rooms.sql"
     before = checksum(normalize(edited.read_bytes()))
     edited.write_text(edited.read_text().replace("varchar(255)", "varchar(300)"))
@@ -92,7 +86,7 @@ async def test_an_edited_applied_file_refuses_the_run_before_any_change(
         (migrations_dir("tenant") / "0004_create_tracks.sql").read_bytes()
     )
 
-    report = await _up(fresh_db, folder)
+    report = await migrate_up(fresh_db, folder)
 
     assert report.status is Status.DRIFT
     [problem] = report.problems
@@ -107,10 +101,10 @@ async def test_line_endings_and_a_bom_are_not_an_edit(
     fresh_db: str, tenant_migrations: CopyMigrations
 ) -> None:
     folder = tenant_migrations(up_to=2)
-    await _up(fresh_db, folder)
+    await migrate_up(fresh_db, folder)
     path = folder / "0002_create_rooms.sql"
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
-    assert (await _up(fresh_db, folder)).status is Status.UP_TO_DATE
+    assert (await migrate_up(fresh_db, folder)).status is Status.UP_TO_DATE
 
 
 @pytest.mark.parametrize(
@@ -130,7 +124,7 @@ async def test_a_broken_folder_is_refused_naming_the_file(
     rooms_sql = rooms.read_bytes()
     if change == "below_highest":
         rooms.unlink()  # 0001 and 0003 get applied; 0002 comes late
-    await _up(fresh_db, folder)
+    await migrate_up(fresh_db, folder)
     (folder / "0004_create_tracks.sql").write_bytes(
         (migrations_dir("tenant") / "0004_create_tracks.sql").read_bytes()
     )
@@ -143,7 +137,7 @@ async def test_a_broken_folder_is_refused_naming_the_file(
     else:
         (folder / "V3__rooms.sql").write_text("SELECT 1;\n")
 
-    report = await _up(fresh_db, folder)
+    report = await migrate_up(fresh_db, folder)
 
     assert report.status is Status.REFUSED
     assert any(expected in p for p in report.problems), report.problems
@@ -157,7 +151,7 @@ async def test_runners_started_together_apply_each_file_exactly_once(
     # a slow last file keeps the lock held while the other runners poll for it
     (folder / "0009_slow.sql").write_text("SELECT pg_sleep(1);\n")
 
-    reports = await asyncio.gather(*(_up(fresh_db, folder) for _ in range(4)))
+    reports = await asyncio.gather(*(migrate_up(fresh_db, folder) for _ in range(4)))
 
     statuses = sorted(r.status for r in reports)
     assert statuses == [Status.APPLIED, *[Status.UP_TO_DATE] * 3]
@@ -172,7 +166,7 @@ async def test_runners_started_together_apply_each_file_exactly_once(
 async def test_a_runner_gives_up_when_the_lock_is_held_too_long(fresh_db: str) -> None:
     async with await psycopg.AsyncConnection.connect(fresh_db, autocommit=True) as holder:
         await holder.execute(f"SELECT pg_advisory_lock({LOCK_KEY})")
-        report = await _up(fresh_db, lock_wait=0.5)
+        report = await migrate_up(fresh_db, lock_wait=0.5)
     assert report.status is Status.LOCK_TIMEOUT
     assert await _fetch(fresh_db, "SELECT to_regclass('clients')") == [(None,)]
 
@@ -184,13 +178,13 @@ async def test_a_database_built_without_the_runner_needs_a_baseline(
         for path in sorted(tenant_migrations(up_to=7).glob("*.sql")):
             await conn.execute(path.read_bytes())
 
-    refused = await _up(fresh_db)
+    refused = await migrate_up(fresh_db)
     assert refused.status is Status.REFUSED
     assert "baseline" in refused.problems[0]
 
     baseline = await run_one(fresh_db, "tenant", mode="baseline", baseline_version=7)
     assert (baseline.status, baseline.applied) == (Status.BASELINED, list(range(1, 8)))
-    report = await _up(fresh_db)
+    report = await migrate_up(fresh_db)
     assert (report.status, report.applied) == (Status.APPLIED, [8])
 
 
@@ -202,7 +196,7 @@ async def test_status_reports_pending_files_and_changes_nothing(fresh_db: str) -
 
 async def test_an_unreachable_database_is_reported_not_raised(databases: object) -> None:
     url = "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2"
-    report = await _up(url)
+    report = await migrate_up(url)
     assert report.status is Status.UNREACHABLE
     assert report.problems
 
@@ -211,7 +205,7 @@ async def test_tenant_at_0007_with_sessions_is_migrated_to_0008_and_keeps_them(
     fresh_db: str, tenant_migrations: CopyMigrations
 ) -> None:
     """The original's plan for 0008, tested as it never was."""
-    assert (await _up(fresh_db, tenant_migrations(up_to=7))).after == 7
+    assert (await migrate_up(fresh_db, tenant_migrations(up_to=7))).after == 7
     async with await psycopg.AsyncConnection.connect(fresh_db, autocommit=True) as conn:
         await conn.execute(
             "INSERT INTO clients (id, name) VALUES (1, 'Ada');"
@@ -223,7 +217,7 @@ async def test_tenant_at_0007_with_sessions_is_migrated_to_0008_and_keeps_them(
             " FROM generate_series(1, 5) AS n"
         )
 
-    report = await _up(fresh_db)  # the built-in folder: 0008 is new
+    report = await migrate_up(fresh_db)  # the built-in folder: 0008 is new
     assert (report.status, report.applied) == (Status.APPLIED, [8])
 
     assert await _fetch(fresh_db, "SELECT count(*), count(project_id) FROM sessions") == [(5, 0)]

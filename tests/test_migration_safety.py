@@ -9,25 +9,18 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import psycopg
 
 from db.migrations.fleet import run_one
-from db.migrations.runner import DatabaseReport, Status
+from db.migrations.runner import Status
+from tests.migrating import CopyMigrations, migrate_up
 from tests.serving import STUDIO
-
-CopyMigrations = Callable[..., Path]
 
 
 def _fetch(url: str, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     with psycopg.connect(url) as conn:
         return conn.execute(query, params or None).fetchall()
-
-
-async def _up(url: str, folder: Path, **kwargs: object) -> DatabaseReport:
-    return await run_one(url, "tenant", mode="up", directory=folder, **kwargs)  # type: ignore[arg-type]
 
 
 def _index_is_valid(url: str, name: str) -> object:
@@ -41,7 +34,7 @@ async def test_a_concurrent_index_runs_outside_a_transaction_and_resumes_after_a
     fresh_db: str, tenant_migrations: CopyMigrations
 ) -> None:
     folder = tenant_migrations()
-    assert (await _up(fresh_db, folder)).status is Status.APPLIED
+    assert (await migrate_up(fresh_db, folder)).status is Status.APPLIED
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         conn.execute("INSERT INTO clients (name, email) VALUES ('A', 'x@y'), ('B', 'x@y')")
     (folder / "0009_unique_client_email.sql").write_text(
@@ -51,7 +44,7 @@ async def test_a_concurrent_index_runs_outside_a_transaction_and_resumes_after_a
         "CREATE UNIQUE INDEX CONCURRENTLY clients_email_key ON clients (email);\n"
     )
 
-    failed = await _up(fresh_db, folder)
+    failed = await migrate_up(fresh_db, folder)
     assert failed.status is Status.FAILED
     assert failed.error is not None
     assert (failed.error.line, failed.error.sqlstate) == (4, "23505")
@@ -59,7 +52,7 @@ async def test_a_concurrent_index_runs_outside_a_transaction_and_resumes_after_a
     assert _index_is_valid(fresh_db, "clients_email_key") is False
 
     # IF NOT EXISTS would "pass" the invalid index; the runner refuses while it is there
-    refused = await _up(fresh_db, folder)
+    refused = await migrate_up(fresh_db, folder)
     assert refused.status is Status.FAILED
     assert refused.error is not None
     assert "clients_email_key" in refused.error.message
@@ -67,7 +60,7 @@ async def test_a_concurrent_index_runs_outside_a_transaction_and_resumes_after_a
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         conn.execute("DROP INDEX CONCURRENTLY clients_email_key")
         conn.execute("UPDATE clients SET email = 'b@y' WHERE name = 'B'")
-    resumed = await _up(fresh_db, folder)
+    resumed = await migrate_up(fresh_db, folder)
     assert (resumed.status, resumed.applied) == (Status.APPLIED, [9])
     assert _index_is_valid(fresh_db, "clients_email_key") is True
     # statements 1 and 2 ran once: the resume started at statement 3
@@ -86,7 +79,7 @@ async def test_a_concurrent_only_statement_in_a_transactional_file_is_refused_up
     (folder / "0009_index.sql").write_text(
         "CREATE TABLE t9 (id int);\nCREATE INDEX CONCURRENTLY t9_id_idx ON t9 (id);\n"
     )
-    report = await _up(fresh_db, folder)
+    report = await migrate_up(fresh_db, folder)
     assert report.status is Status.REFUSED
     assert report.problems == [
         "0009_index.sql:2: cannot run inside a transaction; put it in a file with"
@@ -99,7 +92,7 @@ async def test_a_concurrent_index_build_while_another_runner_waits_finishes_vali
     fresh_db: str, tenant_migrations: CopyMigrations
 ) -> None:
     folder = tenant_migrations()
-    await _up(fresh_db, folder)
+    await migrate_up(fresh_db, folder)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO clients (name) SELECT 'client ' || n FROM generate_series(1, 50000) n"
@@ -109,7 +102,7 @@ async def test_a_concurrent_index_build_while_another_runner_waits_finishes_vali
         "SELECT pg_sleep(0.5);\n"
         "CREATE INDEX CONCURRENTLY clients_name_idx ON clients (name);\n"
     )
-    reports = await asyncio.gather(_up(fresh_db, folder), _up(fresh_db, folder))
+    reports = await asyncio.gather(migrate_up(fresh_db, folder), migrate_up(fresh_db, folder))
     assert sorted(r.status for r in reports) == [Status.APPLIED, Status.UP_TO_DATE]
     assert _index_is_valid(fresh_db, "clients_name_idx") is True
 
@@ -118,7 +111,7 @@ def test_a_migration_blocked_by_the_application_fails_fast_retries_and_stalls_no
     fresh_db: str, tenant_migrations: CopyMigrations
 ) -> None:
     folder = tenant_migrations()
-    asyncio.run(_up(fresh_db, folder))
+    asyncio.run(migrate_up(fresh_db, folder))
     (folder / "0009_session_tags.sql").write_text(
         "-- migrate: lock_timeout=200ms\nALTER TABLE sessions ADD COLUMN tags text[];\n"
     )
@@ -144,7 +137,7 @@ def test_a_migration_blocked_by_the_application_fails_fast_retries_and_stalls_no
     assert holding.wait(10)
     reader.start()
     threading.Timer(3.0, release.set).start()  # the application commits after 3 seconds
-    report = asyncio.run(_up(fresh_db, folder))
+    report = asyncio.run(migrate_up(fresh_db, folder))
     holder.join()
     reader.join()
 
@@ -190,17 +183,17 @@ async def test_an_edit_of_comments_only_is_a_warning_and_repair_records_a_real_o
     fresh_db: str, tenant_migrations: CopyMigrations
 ) -> None:
     folder = tenant_migrations(up_to=2)
-    await _up(fresh_db, folder)
+    await migrate_up(fresh_db, folder)
     rooms = folder / "0002_create_rooms.sql"
     original = rooms.read_text()
 
     rooms.write_text("-- reviewed in 2027\n" + original.replace("    ", "\t"))
-    cosmetic = await _up(fresh_db, folder)
+    cosmetic = await migrate_up(fresh_db, folder)
     assert cosmetic.status is Status.UP_TO_DATE
     assert "comments or white space only" in cosmetic.warnings[0]
 
     rooms.write_text(original.replace("DEFAULT 1,", "DEFAULT 2,"))
-    drift = await _up(fresh_db, folder)
+    drift = await migrate_up(fresh_db, folder)
     assert drift.status is Status.DRIFT
     assert "0002_create_rooms.sql: edited after it was applied" in drift.problems[0]
 
@@ -208,7 +201,7 @@ async def test_an_edit_of_comments_only_is_a_warning_and_repair_records_a_real_o
         fresh_db, "tenant", mode="repair", directory=folder, baseline_version=2
     )
     assert repaired.status is Status.REPAIRED
-    assert (await _up(fresh_db, folder)).status is Status.UP_TO_DATE
+    assert (await migrate_up(fresh_db, folder)).status is Status.UP_TO_DATE
     [(outcome, message)] = _fetch(
         fresh_db, "SELECT outcome, message FROM studio_migrate.attempts WHERE version = 2"
     )
