@@ -106,6 +106,11 @@ def node_available() -> bool:
     return shutil.which("node") is not None and shutil.which("npm") is not None
 
 
+def in_ci() -> bool:
+    """CI must run every check: there a missing tool fails the run instead of a skip."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
 def ensure_node_packages() -> bool:
     """`npm ci` the TypeScript client when its lock file changed; False without node."""
     if not node_available():
@@ -180,6 +185,8 @@ def check_generated_fresh() -> int:
             fresh_ts = Path(tmp) / "ts"
             generate_ts_into(fresh_ts)
             stale += [f"ts/{f}" for f in _tree_diff(fresh_ts, GENERATED_TS)]
+        elif in_ci():
+            stale.append("ts/ (node is not on PATH, and CI must check it)")
         else:
             print("dev: SKIPPED the generated/ts freshness check: node is not on PATH",
                   file=sys.stderr)  # fmt: skip
@@ -211,8 +218,13 @@ def test(pytest_args: list[str]) -> int:
         if _run(*cmd, check=False) != 0:
             failed.append(name)
     if not node_available():
-        print("dev: node is not on PATH: the TypeScript client suite will be SKIPPED",
-              file=sys.stderr)  # fmt: skip
+        if in_ci():
+            print("dev: node is not on PATH, and CI must run the TypeScript client suite",
+                  file=sys.stderr)  # fmt: skip
+            failed.append("node")
+        else:
+            print("dev: node is not on PATH: the TypeScript client suite will be SKIPPED",
+                  file=sys.stderr)  # fmt: skip
     rc = _run(PY, "-m", "pytest", *pytest_args, check=False)
     if failed:
         print(f"dev: FAILED checks: {', '.join(failed)}", file=sys.stderr)
