@@ -21,6 +21,7 @@ from db.tenants import provision_tenant
 from studio.v1 import client_pb2, session_pb2
 from tests.api import Api, failure
 from tests.conftest import ApiServer
+from tests.polling import wait_until
 from tests.row_lock import RowLock, lock_waiters
 from tests.serving import start_serve
 
@@ -70,7 +71,7 @@ def test_a_database_restart_under_load_loses_no_acknowledged_booking(tmp_path: P
         threads = [threading.Thread(target=caller, args=(i,)) for i in range(CALLERS)]
         for thread in threads:
             thread.start()
-        time.sleep(1.0)
+        wait_until(lambda: len(acknowledged) >= CALLERS * 5, timeout=60, what="load, first")
         cluster.stop("fast")  # PostgreSQL goes away in the middle of the load...
         time.sleep(2.0)
         cluster.start(port=cluster.port)  # ...and comes back on the same address
@@ -85,7 +86,9 @@ def test_a_database_restart_under_load_loses_no_acknowledged_booking(tmp_path: P
                 time.sleep(0.05)
         recovered = time.monotonic() - back
         probe.close()
-        time.sleep(1.0)
+        after_outage = len(acknowledged)
+        wait_until(lambda: len(acknowledged) >= after_outage + CALLERS * 5, timeout=60,
+                   what="load after the outage")  # fmt: skip
         enough.set()
         for thread in threads:
             thread.join(120)
@@ -165,14 +168,21 @@ def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             server.process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
-            late = Api(server.address, tenant.key)  # a new caller after SIGTERM
-            try:
-                with pytest.raises(grpc.RpcError) as raised:
+            refused: list[grpc.StatusCode] = []
+
+            def a_new_caller_is_refused() -> bool:  # the signal takes a moment to arrive
+                late = Api(server.address, tenant.key)
+                try:
                     late.clients.ListClients(client_pb2.ListClientsRequest(), timeout=5)
-                assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
-            finally:
-                late.close()
+                except grpc.RpcError as error:
+                    refused.append(error.code())
+                    return True
+                finally:
+                    late.close()
+                return False
+
+            wait_until(a_new_caller_is_refused, timeout=10, what="new calls refused after SIGTERM")
+            assert refused == [grpc.StatusCode.UNAVAILABLE]
             row_lock.release()
             in_flight.join(30)
         started = time.monotonic()
@@ -223,7 +233,7 @@ def test_kill_9_of_the_server_loses_nothing_that_was_acknowledged(
     threads = [threading.Thread(target=caller, args=(i,)) for i in range(CALLERS)]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(acknowledged) >= CALLERS * 5, timeout=60, what="load before kill -9")
     server.process.kill()  # kill -9, mid-load
     for thread in threads:
         thread.join(30)

@@ -19,6 +19,7 @@ from db.migrations.runner import Status
 from db.tenant_catalog import with_database
 from db.tenants import provision_tenant
 from tests.conftest import Databases
+from tests.polling import wait_until
 from tests.serving import STUDIO
 
 SLOW = 0.4  # seconds a test migration sleeps, so that runs overlap
@@ -256,7 +257,13 @@ def test_sigint_stops_starting_tenants_and_rolls_back_the_one_in_flight(
     while not (report_file.exists() and "master" in report_file.read_text()):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    time.sleep(1.0)  # the first tenant is in its pg_sleep now
+
+    def a_tenant_is_in_its_pg_sleep() -> bool:
+        return any(_one(with_database(url, "postgres"), "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE query LIKE '%%pg_sleep(30)%%' AND pid <> pg_backend_pid()")
+                   for url in set(fleet_setup.tenants.values()))  # fmt: skip
+
+    wait_until(a_tenant_is_in_its_pg_sleep, timeout=30, what="the first tenant's migration")
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
 
