@@ -10,7 +10,11 @@ sessions) and `--tenants` small ones, starts `studio serve` as a separate proces
 it over real gRPC with h2load (Debian's nghttp2-client, installed if missing). h2load counts
 any HTTP 200 as a success, so each run is checked against the server's own log of gRPC codes.
 In the same run, pgbench executes the SQL each scenario needs, at the same concurrency, and
-the ratio of the two rates is reported. A benchmark, not a test: it measures, asserts nothing.
+the ratio of the two rates is reported. Beside them, with one worker: the floor (bare grpc.aio +
+psycopg, bench/floor_server.py) and the system we replace (the tRPC + Drizzle + pg peer of
+../shared/peers-trpc, bench/trpc_peer.py, driven by wrk), and each run ends with studio / tRPC
+and studio / floor per scenario, in req/s and CPU per call. A benchmark, not a test: it
+measures, asserts nothing.
 
 `--profile DIR` records each run with py-spy (collapsed stacks, DIR/<scenario>-c<n>-w<n>.txt)
 and writes where the server's CPU went (DIR/summary.md); profiled runs are slower, so their
@@ -42,6 +46,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg import sql
 
 from bench.profile_summary import summarise
+from bench.trpc_peer import PEER_SCENARIOS, TrpcPeer, ensure_wrk, peer_source
 from db.api_keys import create_key
 from db.engines import create_engine_for
 from db.local_postgres import LocalPostgres, bundled_bin_dir
@@ -337,6 +342,7 @@ class Row:
 
 FLOOR_SCENARIOS = ("CreateSession", "GetSession")
 FLOOR_LABEL = " (floor: bare grpc.aio + psycopg)"
+PEER_LABEL = " (peer: tRPC + Drizzle + pg)"
 NOT_COUNTED = -1  # gRPC codes not counted (the floor server keeps no log)
 
 
@@ -520,6 +526,8 @@ async def bench(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                     server.wait(30)
                 if workers == args.workers[0]:
                     rows += await measure_floor(rows, chosen, args, big_url, tools, work)
+                    rows += await measure_peer(rows, chosen, args, base, work)
+            notes += comparisons(rows)
             return rows, notes
         finally:
             if cluster is not None:
@@ -550,6 +558,72 @@ async def measure_floor(
         server.terminate()
         server.wait(30)
     return floor_rows
+
+
+async def measure_peer(
+    rows: list[Row], chosen: list[Scenario], args: argparse.Namespace, base_url: str, work: Path
+) -> list[Row]:
+    """The tRPC peer (the system we replace) on the calls it serves, driven by wrk with its
+    own scripts, its database reset before every run."""
+    source = peer_source()
+    wanted = [s for s in chosen if s.name in PEER_SCENARIOS]
+    if source is None or not wanted or shutil.which("node") is None:
+        print("the tRPC peer is not measured (../shared/peers-trpc or node missing)",
+              file=sys.stderr)  # fmt: skip
+        return []
+    wrk = ensure_wrk()
+    pgbench_of = {(r.scenario, r.concurrency): r.pgbench_tps for r in rows if r.workers == 1}
+    peer = await asyncio.to_thread(TrpcPeer, source, work, base_url)
+    peer_rows = []
+    for scenario in wanted:
+        for clients in args.concurrency:
+            await asyncio.to_thread(peer.reset)
+            pid = await asyncio.to_thread(peer.start)
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(
+                peak_connections(with_database(peer.url, "postgres"), peer.dbname, stop)
+            )
+            try:
+                cpu_before = cpu_seconds([pid])
+                run = await asyncio.to_thread(
+                    peer.wrk, wrk, PEER_SCENARIOS[scenario.name], clients, args.seconds
+                )
+                cpu = cpu_seconds([pid]) - cpu_before
+                rss = peak_rss_mb([pid])
+            finally:
+                stop.set()
+                connections = await sampler
+                peer.stop()
+            row = Row(scenario.name + PEER_LABEL, clients, 1, run.rps, run.p50_ms, run.p99_ms,
+                      cpu / max(run.ok, 1) * 1000, rss, connections,
+                      pgbench_of.get((scenario.name, clients), 0.0), run.ok, run.failed)  # fmt: skip
+            peer_rows.append(row)
+            print(f"tRPC  {row.scenario:<30} c={clients:<3} {row.rps:8.0f}/s"
+                  f" p99 {row.p99_ms:6.1f} ms cpu {row.cpu_per_1000:.2f} ms/call"
+                  f" ok {run.ok} failed {run.failed}", flush=True)  # fmt: skip
+    return peer_rows
+
+
+def comparisons(rows: list[Row]) -> list[str]:
+    """studio / tRPC peer and studio / floor, per scenario and concurrency (one worker)."""
+    by_key = {(r.scenario, r.concurrency): r for r in rows if r.workers == 1}
+    lines = []
+    for (name, clients), ours in by_key.items():
+        for label, short in ((PEER_LABEL, "tRPC"), (FLOOR_LABEL, "floor")):
+            other = by_key.get((name + label, clients))
+            if other is None or not other.rps or not other.cpu_per_1000:
+                continue
+            lines.append(
+                f"{name} at {clients}: studio / {short} req/s {ours.rps / other.rps:.2f},"
+                f" CPU per call {ours.cpu_per_1000 / other.cpu_per_1000:.2f}"
+                f" ({ours.cpu_per_1000:.2f} against {other.cpu_per_1000:.2f} ms)"
+                + (
+                    f", p99 {ours.p99_ms:.1f} against {other.p99_ms:.1f} ms"
+                    if short == "tRPC"
+                    else ""
+                )
+            )
+    return lines
 
 
 def render(rows: list[Row], notes: list[str], args: argparse.Namespace) -> str:
@@ -584,7 +658,7 @@ def speed_ups(rows: list[Row]) -> list[str]:
     found = [
         f"{name} x{by_key[(name, clients, most)] / rps:.2f} at {clients}"
         for (name, clients, workers), rps in by_key.items()
-        if workers == 1 and (name, clients, most) in by_key and clients > 1
+        if workers == 1 and (name, clients, most) in by_key and clients > 1 and rps
     ]
     if most == 1 or not found:
         return []
