@@ -177,11 +177,18 @@ class Pipeline:
         return await next_(call)
 
     async def authenticate(self, call: Call, next_: Next) -> Message:
+        """The key decides who calls. An address that failed too often still gets in with a
+        valid key (behind a load balancer every caller shares one address); its failures are
+        answered RESOURCE_EXHAUSTED and cost it nothing more."""
         peer = peer_host(call.context.peer())
-        self.throttle.check(peer)
+        throttled = self.throttle.throttled(peer)
         try:
-            call.principal = await self.authenticator.authenticate(call.metadata)
+            call.principal = await self.authenticator.authenticate(
+                call.metadata, throttled=throttled
+            )
         except Unauthenticated:
+            if throttled:
+                raise self.throttle.refusal(peer) from None
             self.throttle.failed(peer)
             raise
         if not call.procedure.query and not call.principal.can_write:

@@ -30,7 +30,7 @@ def _code_and_reason(call: object) -> tuple[grpc.StatusCode, str]:
     [
         (None, "MISSING_CREDENTIALS"),
         ("sk_000000000000_not-a-real-secret", "INVALID_API_KEY"),
-        ("not even shaped like a key", "INVALID_API_KEY"),
+        ("not-even-shaped-like-a-key", "INVALID_API_KEY"),
     ],
 )
 def test_calls_without_a_valid_key_are_unauthenticated(
@@ -43,6 +43,44 @@ def test_calls_without_a_valid_key_are_unauthenticated(
         ) == (grpc.StatusCode.UNAUTHENTICATED, reason)
     finally:
         api.close()
+
+
+def _raw_list_clients(address: str, metadata: list[tuple[str, str]]) -> None:
+    """ListClients with exactly this metadata (no client library adding its own header)."""
+    with grpc.insecure_channel(address) as channel:
+        raw = channel.unary_unary("/studio.v1.ClientService/ListClients")
+        raw(b"", metadata=metadata, timeout=10)
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(
+    api_server: ApiServer, studio: Tenant, scheme: str
+) -> None:
+    _raw_list_clients(api_server.address, [("authorization", f"{scheme} {studio.key}")])
+
+
+@pytest.mark.parametrize(
+    ("header", "says"),
+    [
+        ("Basic dXNlcjpwYXNzd29yZA==", "the Bearer scheme"),
+        ("{key}", "the Bearer scheme"),  # the key alone, without a scheme
+        ("Bearer", "no API key after Bearer"),
+        ("Bearer {key} {key}", "one word, without spaces"),
+        ("Bearer sk_abc def", "one word, without spaces"),
+    ],
+)
+def test_a_malformed_authorization_header_says_what_is_expected(
+    api_server: ApiServer, studio: Tenant, header: str, says: str
+) -> None:
+    metadata = [("authorization", header.format(key=studio.key))]
+    code, reason = _code_and_reason(lambda: _raw_list_clients(api_server.address, metadata))
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "MALFORMED_CREDENTIALS")
+    with pytest.raises(grpc.RpcError) as raised:
+        _raw_list_clients(api_server.address, metadata)
+    message = failure(raised.value).message
+    assert says in message
+    assert "`authorization: Bearer <api key>`" in message
+    assert studio.key not in message
 
 
 def test_a_key_with_the_right_prefix_and_a_wrong_secret_is_refused(
