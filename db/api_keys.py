@@ -13,8 +13,11 @@ from db.master_tables import api_keys, organizations, tenant_databases
 from db.tenant_catalog import TenantLocation
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from datetime import datetime
+    from typing import Any
 
+    from sqlalchemy import Row, Select
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = [
@@ -23,6 +26,7 @@ __all__ = [
     "NewApiKey",
     "create_key",
     "find_key",
+    "find_keys",
     "list_keys",
     "new_api_key",
     "parse_prefix",
@@ -71,31 +75,41 @@ def parse_prefix(plaintext: str) -> str | None:
     return prefix
 
 
-async def find_key(conn: AsyncConnection, prefix: str) -> KeyRecord | None:
-    row = (
-        await conn.execute(
-            select(
-                api_keys.c.key_sha256,
-                api_keys.c.role,
-                api_keys.c.revoked_at.is_not(None),
-                organizations.c.is_active,
-                organizations.c.id,
-                organizations.c.slug,
-                tenant_databases.c.server_url,
-                tenant_databases.c.database_name,
-            )
-            .join(organizations, organizations.c.id == api_keys.c.organization_id)
-            .join(tenant_databases, tenant_databases.c.organization_id == organizations.c.id)
-            .where(api_keys.c.key_prefix == prefix)
+def _key_records() -> Select[Any]:
+    return (
+        select(
+            api_keys.c.key_prefix,
+            api_keys.c.key_sha256,
+            api_keys.c.role,
+            api_keys.c.revoked_at.is_not(None),
+            organizations.c.is_active,
+            organizations.c.id,
+            organizations.c.slug,
+            tenant_databases.c.server_url,
+            tenant_databases.c.database_name,
         )
-    ).first()
-    if row is None:
-        return None
-    sha, role, revoked, active, org_id, slug, server_url, database_name = row
+        .join(organizations, organizations.c.id == api_keys.c.organization_id)
+        .join(tenant_databases, tenant_databases.c.organization_id == organizations.c.id)
+    )
+
+
+def _key_record(row: Row[Any]) -> KeyRecord:
+    _prefix, sha, role, revoked, active, org_id, slug, server_url, database_name = tuple(row)
     return KeyRecord(
         bytes(sha), role, bool(revoked), bool(active),
         TenantLocation(org_id, slug, server_url, database_name),
     )  # fmt: skip
+
+
+async def find_key(conn: AsyncConnection, prefix: str) -> KeyRecord | None:
+    row = (await conn.execute(_key_records().where(api_keys.c.key_prefix == prefix))).first()
+    return None if row is None else _key_record(row)
+
+
+async def find_keys(conn: AsyncConnection, prefixes: Sequence[str]) -> dict[str, KeyRecord]:
+    """The keys among `prefixes` that exist, in one query (prefix -> record)."""
+    rows = await conn.execute(_key_records().where(api_keys.c.key_prefix.in_(prefixes)))
+    return {row[0]: _key_record(row) for row in rows}
 
 
 def new_api_key() -> NewApiKey:

@@ -1,10 +1,15 @@
-"""One bounded connection pool per tenant database, made on first use and closed when idle.
+"""One bounded connection pool per tenant database, made on first use and closed when idle,
+all within one budget of connections for the process.
 
 The original leaked a pool per tenant. Here each tenant gets at most `pool_size` connections,
 the engine is created once (creating it does no I/O, so concurrent first calls cannot race),
-`close_idle` disposes the engines of tenants that have not been used for `idle_seconds`, and
-when a new tenant's pool would take the process over `max_connections`, the least recently
-used idle pools are closed first, so one process never holds more than about that many.
+and `close_idle` disposes the engines of tenants that have not been used for `idle_seconds`.
+Every connection any tenant pool opens takes a slot of one ConnectionBudget of
+`max_connections` first (db/connection_budget.py), so the process never holds more, however
+many tenants are busy at once. When the budget is full, a connection returned to its pool is
+closed rather than kept idle, and the least recently used pools with nothing checked out are
+closed, each freeing its slots for whoever waits; a call that gets no slot within
+`pool_timeout` fails with ConnectionBudgetExhausted (a pool timeout: RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
@@ -14,24 +19,24 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from db.connection_budget import ConnectionBudget
 from db.engines import create_engine_for
 from db.tenant_catalog import TenantLocation, tenant_conninfo
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["TenantEngines"]
-
-
-def _pooled(engine: AsyncEngine) -> int:
-    pool = engine.sync_engine.pool
-    return int(pool.checkedin() + pool.checkedout())  # type: ignore[attr-defined]
 
 
 @dataclass
 class _Entry:
     engine: AsyncEngine
     last_used: float
+
+
+def _checked_out(engine: AsyncEngine) -> int:
+    return int(engine.sync_engine.pool.checkedout())  # type: ignore[attr-defined]
 
 
 class TenantEngines:
@@ -48,13 +53,17 @@ class TenantEngines:
         self.pool_size = pool_size
         self.pool_timeout = pool_timeout
         self.idle_seconds = idle_seconds
-        self.max_connections = max_connections
+        self.budget = ConnectionBudget(max_connections, wait=pool_timeout, on_full=self._make_room)
+        # Least recently used first: `connect` moves a tenant to the end.
         self._entries: dict[tuple[str | None, str], _Entry] = {}
         self._evicting: asyncio.Task[None] | None = None
 
-    def get(self, tenant: TenantLocation) -> AsyncEngine:
+    def connect(self, tenant: TenantLocation) -> AsyncConnection:
+        """A connection to the tenant's database, checked out of its pool on `async with`.
+        Enter it at once: the pool counts it as busy (so it is not closed under the
+        caller) from then on."""
         key = (tenant.server_url, tenant.database_name)
-        entry = self._entries.get(key)
+        entry = self._entries.pop(key, None)
         now = time.monotonic()
         if entry is None:
             engine = create_engine_for(
@@ -62,30 +71,27 @@ class TenantEngines:
                 pool_size=self.pool_size,
                 pool_timeout=self.pool_timeout,
                 autocommit=True,  # the pipeline sends BEGIN for calls that need a transaction
+                budget=self.budget,
             )
-            entry = self._entries[key] = _Entry(engine, now)
-            busy = self._evicting is not None and not self._evicting.done()
-            if not busy and self.open_connections() + self.pool_size > self.max_connections:
-                self._evicting = asyncio.get_running_loop().create_task(self._evict(key))
+            entry = _Entry(engine, now)
         entry.last_used = now
-        return entry.engine
+        self._entries[key] = entry
+        return entry.engine.connect()
 
-    def open_connections(self) -> int:
-        """Connections this process holds to tenant databases, in use or idle in a pool."""
-        return sum(_pooled(e.engine) for e in self._entries.values())
+    def _make_room(self) -> None:
+        if self._evicting is None or self._evicting.done():
+            self._evicting = asyncio.get_running_loop().create_task(self._evict())
 
-    async def _evict(self, keep: tuple[str | None, str]) -> None:
-        """Close least recently used pools with nothing checked out, to make room."""
-        open_now = self.open_connections()  # counted once, then kept up to date as we close
-        for key, entry in sorted(self._entries.items(), key=lambda item: item[1].last_used):
-            if open_now + self.pool_size <= self.max_connections:
+    async def _evict(self) -> None:
+        """Close the least recently used pools that have nothing checked out, while callers
+        wait for a slot; closing a pool's connections hands their slots to those callers."""
+        for key, entry in list(self._entries.items()):
+            if not self.budget.waiting:
                 return
-            busy = entry.engine.sync_engine.pool.checkedout() > 0  # type: ignore[attr-defined]
-            # (close_idle may have taken it meanwhile: we await between pools)
-            if key == keep or busy or key not in self._entries:
+            # (close_idle or `connect` may have taken it meanwhile: we await between pools)
+            if self._entries.get(key) is not entry or _checked_out(entry.engine):
                 continue
             del self._entries[key]
-            open_now -= _pooled(entry.engine)
             await entry.engine.dispose()
 
     def __len__(self) -> int:

@@ -177,11 +177,18 @@ class Pipeline:
         return await next_(call)
 
     async def authenticate(self, call: Call, next_: Next) -> Message:
+        """The key decides who calls. An address that failed too often still gets in with a
+        valid key (behind a load balancer every caller shares one address); its failures are
+        answered RESOURCE_EXHAUSTED and cost it nothing more."""
         peer = peer_host(call.context.peer())
-        self.throttle.check(peer)
+        throttled = self.throttle.throttled(peer)
         try:
-            call.principal = await self.authenticator.authenticate(call.metadata)
+            call.principal = await self.authenticator.authenticate(
+                call.metadata, throttled=throttled
+            )
         except Unauthenticated:
+            if throttled:
+                raise self.throttle.refusal(peer) from None
             self.throttle.failed(peer)
             raise
         if not call.procedure.query and not call.principal.can_write:
@@ -207,12 +214,13 @@ class Pipeline:
         autocommit: a single-statement procedure runs as is (no BEGIN and COMMIT round trips
         for what one statement does); the others start with BEGIN, which carries the call's
         deadline as statement_timeout in the same round trip, and end with COMMIT (or
-        ROLLBACK when anything fails)."""
+        ROLLBACK when anything fails). The connection comes from the tenant's pool, within
+        the process's budget of connections (db/tenant_engines.py): none free in time is a
+        pool timeout, RESOURCE_EXHAUSTED."""
         assert call.principal is not None
-        engine = self.engines.get(call.principal.tenant)
         for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             try:
-                async with engine.connect() as call.db:
+                async with self.engines.connect(call.principal.tenant) as call.db:
                     if call.procedure.single_statement:
                         return await next_(call)
                     async with call.db.begin():

@@ -58,7 +58,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--max-db-connections",
         type=int,
         default=200,
-        help="tenant database connections one process may hold (idle pools are closed first)",
+        help="tenant database connections one process may hold, all studios together; past "
+        "it, idle connections are closed to make room, and a call that gets none within 5 s is "
+        "RESOURCE_EXHAUSTED",
     )
     parser.add_argument(
         "--max-concurrent-calls",
@@ -70,7 +72,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--auth-failures-per-second",
         type=float,
         default=5.0,
-        help="failed authentications allowed per client address per second (burst 50)",
+        help="failed authentications allowed per client address per second (burst 50); past "
+        "it, that address's failures are RESOURCE_EXHAUSTED, while its valid keys still work",
     )
     parser.add_argument("--tls-cert", type=Path, help="serve TLS: certificate chain (PEM)")
     parser.add_argument("--tls-key", type=Path, help="serve TLS: private key (PEM)")
