@@ -100,6 +100,31 @@ def test_deleting_what_is_still_used_is_refused_with_the_reason(api: Api, studio
     ) == (precondition, "CLIENT_HAS_SESSIONS")
 
 
+def test_deleting_a_room_unlinks_the_tracks_recorded_in_it_as_an_update_would(
+    api: Api, studio: Tenant
+) -> None:
+    room, project = api.room(), api.project(api.client().id)
+    with psycopg.connect(studio.url, autocommit=True) as conn:  # tracks have no API yet
+        before = conn.execute(
+            "INSERT INTO tracks (project_id, title, recorded_in_room_id) VALUES (%s, 'Intro', %s)"
+            " RETURNING id, version, updated_at",
+            (project.id, room.id),
+        ).fetchone()
+    assert before is not None
+
+    api.rooms.DeleteRoom(room_pb2.DeleteRoomRequest(id=room.id), timeout=10)
+
+    with psycopg.connect(studio.url) as conn:
+        after = conn.execute(
+            "SELECT recorded_in_room_id, version, updated_at FROM tracks WHERE id = %s",
+            (before[0],),
+        ).fetchone()
+    assert after is not None
+    assert after[0] is None
+    assert after[1] == before[1] + 1
+    assert after[2] > before[2]
+
+
 @pytest.mark.parametrize(
     ("call", "reason"),
     [
