@@ -166,7 +166,7 @@ def test_a_project_with_sessions_cannot_move_to_another_client(api: Api) -> None
     [
         (room_pb2.Room(), {"room.name": "REQUIRED"}),
         (room_pb2.Room(name="A", hourly_rate="12.345", color="red", capacity=-1),
-         {"room.hourly_rate": "STRING_PATTERN", "room.color": "STRING_PATTERN",
+         {"room.hourly_rate": "AMOUNT_FORMAT", "room.color": "STRING_PATTERN",
           "room.capacity": "INT32_GT_LTE"}),
     ],
 )  # fmt: skip
