@@ -158,7 +158,10 @@ def test_a_project_with_sessions_cannot_move_to_another_client(api: Api) -> None
             ),
             timeout=10,
         )
-    assert failure(raised.value).reason == "PROJECT_HAS_SESSIONS"
+    got = failure(raised.value)
+    assert got.reason == "PROJECT_HAS_SESSIONS"
+    assert got.message.startswith(f"project {project.id} has sessions")
+    assert got.metadata["projectId"] == str(project.id)
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,8 @@ async def update_project(ctx: Ctx, request: pb.UpdateProjectRequest) -> pb.Updat
         if merged.client_id != current.client_id and await project_has_sessions(ctx.db, current.id):
             raise FailedPrecondition(
                 "PROJECT_HAS_SESSIONS",
-                "a project with sessions cannot move to another client; unlink them first",
+                f"project {current.id} has sessions, so it cannot move to another client;"
+                " unlink them first",
                 metadata={"projectId": str(current.id)},
             )
 
