@@ -1,12 +1,12 @@
 """Errors a person can act on, as a caller reads them: the id in the message and in
-ErrorInfo metadata, what a valid amount looks like, which field holds a NUL character."""
+ErrorInfo metadata, what a valid amount looks like, which field holds a NUL character.
+(Refused deletes: tests/test_api_resources.py.)"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import grpc
-import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc.error_details_pb2 import BadRequest
@@ -14,7 +14,6 @@ from grpc_status import rpc_status
 
 from studio.v1 import client_pb2, project_pb2, room_pb2, session_pb2
 from tests.api import Api, Failure, failure
-from tests.conftest import Tenant
 
 MISSING = 424_242
 
@@ -84,43 +83,6 @@ def test_a_missing_reference_names_its_id(api: Api) -> None:
         )
         assert got.message == f"{kind} {MISSING} does not exist"
         assert got.metadata[f"{kind}Id"] == str(MISSING)
-
-
-def test_a_refused_delete_names_the_id_and_what_to_do(api: Api, studio: Tenant) -> None:
-    client, room = api.client(), api.room()
-    project = api.project(client.id)
-    api.session(client.id, room.id)
-    with psycopg.connect(studio.url, autocommit=True) as conn:  # tracks have no API yet
-        conn.execute("INSERT INTO tracks (project_id, title) VALUES (%s, 'Intro')", (project.id,))
-
-    client_refused = _fails(
-        lambda: api.clients.DeleteClient(client_pb2.DeleteClientRequest(id=client.id))
-    )
-    assert client_refused.reason == "CLIENT_HAS_PROJECTS"
-    assert client_refused.message == f"client {client.id} still has projects; delete them first"
-    assert client_refused.metadata["clientId"] == str(client.id)
-
-    room_refused = _fails(lambda: api.rooms.DeleteRoom(room_pb2.DeleteRoomRequest(id=room.id)))
-    assert room_refused.reason == "ROOM_HAS_SESSIONS"
-    assert room_refused.message.startswith(f"room {room.id} still has sessions")
-    assert room_refused.metadata["roomId"] == str(room.id)
-
-    project_refused = _fails(
-        lambda: api.projects.DeleteProject(project_pb2.DeleteProjectRequest(id=project.id))
-    )
-    assert project_refused.reason == "PROJECT_HAS_TRACKS"
-    assert project_refused.message == (
-        f"project {project.id} has tracks; delete them first, or delete the project with force"
-    )
-    assert project_refused.metadata["projectId"] == str(project.id)
-
-    api.projects.DeleteProject(project_pb2.DeleteProjectRequest(id=project.id, force=True))
-    sessions_refused = _fails(
-        lambda: api.clients.DeleteClient(client_pb2.DeleteClientRequest(id=client.id))
-    )
-    assert sessions_refused.reason == "CLIENT_HAS_SESSIONS"
-    assert sessions_refused.message == f"client {client.id} still has sessions; delete them first"
-    assert sessions_refused.metadata["clientId"] == str(client.id)
 
 
 @pytest.mark.parametrize(
