@@ -15,12 +15,14 @@ from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Select,
     Table,
     bindparam,
     delete,
     func,
+    null,
     select,
     tuple_,
     update,
@@ -158,18 +160,61 @@ async def update_row(
 
 
 @cache
+def _unlinked_by_delete(table: Table) -> tuple[Column[Any], ...]:
+    """The columns of other tables that refer to `table` with ON DELETE SET NULL."""
+    assert table.metadata is not None
+    return tuple(
+        fk.parent
+        for other in table.metadata.tables.values()
+        for fk in other.foreign_keys
+        if fk.ondelete == "SET NULL" and fk.column.table is table
+    )
+
+
+@cache
+def _lock_statement(table: Table) -> Select[Any]:
+    return select(table.c.version).where(table.c.id == bindparam("row_id")).with_for_update()
+
+
+@cache
 def _delete_statement(table: Table, with_version: bool) -> ReturningDelete[tuple[int]]:
+    """DELETE ... RETURNING id, with a data-modifying CTE per ON DELETE SET NULL reference
+    that unlinks the rows referring to it as an update of ours would: NULL, the version
+    (their etag) bumped, updated_at now. The foreign key's own SET NULL then has nothing
+    left to do, so no row changes behind the API's back."""
     statement = delete(table).where(table.c.id == bindparam("row_id"))
     if with_version:
         statement = statement.where(table.c.version == bindparam("version"))
+    for column in _unlinked_by_delete(table):
+        referring = column.table
+        unlink = (
+            update(referring)
+            .where(column == bindparam("row_id"))
+            .values(
+                {column.name: null(), "version": referring.c.version + 1, "updated_at": func.now()}
+            )
+        )
+        statement = statement.add_cte(unlink.cte(f"unlink_{referring.name}_{column.name}"))
     return statement.returning(table.c.id)
 
 
 async def delete_row(
     conn: AsyncConnection, table: Table, row_id: int, *, version: int | None = None
 ) -> bool:
-    statement = _delete_statement(table, version is not None)
+    """Delete the row (only at `version`, if given); False if there is none (at that version).
+
+    Rows that refer to it through an ON DELETE SET NULL key are unlinked by the delete
+    statement itself, each bumped like any write (see _delete_statement). Such a row is first
+    locked in a statement of its own (in the caller's transaction): a write linking a row to
+    it meanwhile has then committed, and the delete's fresh snapshot sees that link, or it
+    waits for the delete (and then finds the row gone). In one statement the snapshot would
+    predate the lock, and the foreign key would unlink such a row silently."""
     params = {"row_id": row_id} if version is None else {"row_id": row_id, "version": version}
+    if _unlinked_by_delete(table):
+        locked: int | None = await conn.scalar(_lock_statement(table), {"row_id": row_id})
+        if locked is None or version not in (None, locked):
+            return False
+    statement = _delete_statement(table, version is not None)
     return (await conn.execute(statement, params)).first() is not None
 
 

@@ -6,7 +6,8 @@ anything else is a bug: INTERNAL with a generic message (the traceback goes to t
 
 from __future__ import annotations
 
-import asyncio
+import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -31,35 +32,143 @@ from server.errors import (
 if TYPE_CHECKING:
     import grpc
 
-__all__ = ["DOMAIN", "error_from_exception", "is_retryable", "to_status"]
+__all__ = [
+    "DOMAIN",
+    "EXCEPTIONS",
+    "MISSING_REFERENCE",
+    "SQLSTATES",
+    "SQLSTATE_CLASSES",
+    "STILL_REFERENCED",
+    "error_from_exception",
+    "is_retryable",
+    "to_status",
+]
 
 DOMAIN = "studio.v1"
 
-# A row the request refers to is missing (insert or update of the referring row).
-MISSING_REFERENCE = {
-    "projects_client_id_clients_id_fk": "CLIENT_NOT_FOUND",
-    "sessions_client_id_clients_id_fk": "CLIENT_NOT_FOUND",
-    "sessions_room_id_rooms_id_fk": "ROOM_NOT_FOUND",
-    "sessions_project_id_projects_id_fk": "PROJECT_NOT_FOUND",
-    "tracks_project_id_projects_id_fk": "PROJECT_NOT_FOUND",
+
+@dataclass(frozen=True)
+class Rule:
+    """What a failure becomes: the error class (its gRPC code), the reason and the message."""
+
+    error: type[ApiError]
+    reason: str
+    message: str
+
+
+UNAVAILABLE = Rule(Unavailable, "DATABASE_UNAVAILABLE", "the studio's database is unavailable")
+CONCURRENT = Rule(Aborted, "CONCURRENT_MODIFICATION", "a concurrent change got in the way; retry")
+TIMED_OUT = Rule(DeadlineExceeded, "DEADLINE_EXCEEDED", "the call ran out of time")
+INTERNAL = Rule(Internal, "INTERNAL", "internal error")
+
+# By SQLSTATE: an exact code first, then its class (the first two characters); anything else
+# is INTERNAL. Foreign keys (23503, 23001) are mapped by constraint name (REFERENCES below).
+SQLSTATES: dict[str, Rule] = {
+    "40001": CONCURRENT,  # serialization_failure (retried first, see RETRYABLE_SQLSTATES)
+    "40P01": CONCURRENT,  # deadlock_detected (retried first)
+    "55P03": CONCURRENT,  # lock_not_available
+    "57014": TIMED_OUT,  # query_canceled: statement_timeout, the call's deadline
+    "57P01": UNAVAILABLE,  # admin_shutdown
+    "57P02": UNAVAILABLE,  # crash_shutdown
+    "57P03": UNAVAILABLE,  # cannot_connect_now (starting up, recovering)
+    "53300": UNAVAILABLE,  # too_many_connections: the server refuses new connections
+    "3D000": UNAVAILABLE,  # invalid_catalog_name: the studio's database is not there
+    "23505": Rule(AlreadyExists, "ALREADY_EXISTS", "that already exists"),
+}
+SQLSTATE_CLASSES: dict[str, Rule] = {
+    "08": UNAVAILABLE,  # connection exception
+    "22": Rule(  # data exception: a value the proto rules let through
+        InvalidArgument, "CONSTRAINT_VIOLATION", "the request breaks a rule of the stored data"
+    ),
+    "23": Rule(  # integrity constraint violation: a check the proto rules missed
+        InvalidArgument, "CONSTRAINT_VIOLATION", "the request breaks a rule of the stored data"
+    ),
+    "53": Rule(ResourceExhausted, "DATABASE_RESOURCES_EXHAUSTED", "the database is overloaded"),
+}
+FOREIGN_KEY_SQLSTATES = {"23503", "23001"}  # foreign key; PostgreSQL 18 reports RESTRICT as 23001
+RETRYABLE_SQLSTATES = {"40001", "40P01"}  # the pipeline runs the transaction again
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A foreign key refusal, about the referred-to resource `kind` (its id in metadata)."""
+
+    kind: str  # "client": metadata clientId, messages "client 42 ..."
+    reason: str
+    message: str  # "{kind}" is "client 42" (or "the client" when PostgreSQL did not say)
+
+
+# Insert or update of the referring row: the row the request refers to is missing.
+MISSING_REFERENCE: dict[str, Reference] = {
+    "projects_client_id_clients_id_fk": Reference(
+        "client", "CLIENT_NOT_FOUND", "{kind} does not exist"
+    ),
+    "sessions_client_id_clients_id_fk": Reference(
+        "client", "CLIENT_NOT_FOUND", "{kind} does not exist"
+    ),
+    "sessions_room_id_rooms_id_fk": Reference("room", "ROOM_NOT_FOUND", "{kind} does not exist"),
+    "sessions_project_id_projects_id_fk": Reference(
+        "project", "PROJECT_NOT_FOUND", "{kind} does not exist"
+    ),
+    "tracks_project_id_projects_id_fk": Reference(
+        "project", "PROJECT_NOT_FOUND", "{kind} does not exist"
+    ),
 }
 # A delete refused because rows still refer to the deleted one (ON DELETE RESTRICT).
-STILL_REFERENCED = {
-    "projects_client_id_clients_id_fk": "CLIENT_HAS_PROJECTS",
-    "sessions_client_id_clients_id_fk": "CLIENT_HAS_SESSIONS",
-    "sessions_room_id_rooms_id_fk": "ROOM_HAS_SESSIONS",
-    "tracks_project_id_projects_id_fk": "PROJECT_HAS_TRACKS",
-    "time_entries_session_id_sessions_id_fk": "SESSION_HAS_TIME_ENTRIES",
-    "time_entries_project_id_projects_id_fk": "PROJECT_HAS_TIME_ENTRIES",
-    "time_entries_track_id_tracks_id_fk": "TRACK_HAS_TIME_ENTRIES",
+STILL_REFERENCED: dict[str, Reference] = {
+    "projects_client_id_clients_id_fk": Reference(
+        "client", "CLIENT_HAS_PROJECTS", "{kind} still has projects; delete them first"
+    ),
+    "sessions_client_id_clients_id_fk": Reference(
+        "client", "CLIENT_HAS_SESSIONS", "{kind} still has sessions; delete them first"
+    ),
+    "sessions_room_id_rooms_id_fk": Reference(
+        "room", "ROOM_HAS_SESSIONS", "{kind} still has sessions booked in it; delete them first"
+    ),
+    "tracks_project_id_projects_id_fk": Reference(
+        "project",
+        "PROJECT_HAS_TRACKS",
+        "{kind} has tracks; delete them first, or delete the project with force",
+    ),
+    "time_entries_session_id_sessions_id_fk": Reference(
+        "session", "SESSION_HAS_TIME_ENTRIES", "{kind} has time entries logged against it"
+    ),
+    "time_entries_project_id_projects_id_fk": Reference(
+        "project", "PROJECT_HAS_TIME_ENTRIES", "{kind} has time entries logged against it"
+    ),
+    "time_entries_track_id_tracks_id_fk": Reference(
+        "track", "TRACK_HAS_TIME_ENTRIES", "{kind} has time entries logged against it"
+    ),
 }
-RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
-UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300", "3D000"}
+
+# By exception type, for what is not a database error with a SQLSTATE; the first match
+# wins, so a subclass comes before its base (TimeoutError is an OSError).
+EXCEPTIONS: tuple[tuple[type[BaseException], Rule], ...] = (
+    (sqlalchemy.exc.TimeoutError, Rule(  # no pooled connection in time
+        ResourceExhausted, "TOO_MANY_CALLS", "too many calls for this studio right now"
+    )),
+    (sqlalchemy.exc.DataError, Rule(  # refused by the driver before PostgreSQL saw it
+        InvalidArgument, "UNSTORABLE_VALUE", "a value of the request cannot be stored"
+    )),
+    (TimeoutError, TIMED_OUT),  # asyncio.TimeoutError is TimeoutError
+    # an operational error with no SQLSTATE above: the connection failed, the server is in trouble
+    (sqlalchemy.exc.OperationalError, UNAVAILABLE),
+    (psycopg.OperationalError, UNAVAILABLE),
+    (OSError, UNAVAILABLE),
+)  # fmt: skip
+
+# "Key (client_id)=(42) is not present in table ..." (the parentheses survive translation)
+_KEY_VALUE = re.compile(r"\(([^()]*)\)=\(([^()]*)\)")
+
+
+def _psycopg_error(exc: BaseException) -> psycopg.Error | None:
+    orig = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    return orig if isinstance(orig, psycopg.Error) else None
 
 
 def _sqlstate(exc: BaseException) -> str | None:
-    orig = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
-    return orig.sqlstate if isinstance(orig, psycopg.Error) else None
+    orig = _psycopg_error(exc)
+    return orig.sqlstate if orig is not None else None
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -67,54 +176,52 @@ def is_retryable(exc: BaseException) -> bool:
     return _sqlstate(exc) in RETRYABLE_SQLSTATES
 
 
-def _database_error(exc: sqlalchemy.exc.DBAPIError, *, deleting: bool) -> ApiError:  # noqa: PLR0911 (a table)
-    orig = exc.orig
-    sqlstate = _sqlstate(exc) or ""
-    constraint = orig.diag.constraint_name if isinstance(orig, psycopg.Error) else None
-    if exc.connection_invalidated or sqlstate.startswith("08") or sqlstate in UNAVAILABLE_SQLSTATES:
-        return Unavailable("DATABASE_UNAVAILABLE", "the studio's database is unavailable")
-    if sqlstate in {"23503", "23001"}:  # foreign key; PostgreSQL 18 reports RESTRICT as 23001
-        table = STILL_REFERENCED if deleting else MISSING_REFERENCE
-        reason = table.get(constraint or "", "REFERENCE_CONSTRAINT")
-        return FailedPrecondition(reason, f"refused: {reason.lower().replace('_', ' ')}")
-    if sqlstate == "23505":
-        return AlreadyExists(
-            "ALREADY_EXISTS", "that already exists", metadata={"constraint": constraint or ""}
+def _reference_error(orig: psycopg.Error, *, deleting: bool) -> ApiError:
+    constraint = orig.diag.constraint_name or ""
+    reference = (STILL_REFERENCED if deleting else MISSING_REFERENCE).get(constraint)
+    if reference is None:
+        return FailedPrecondition(
+            "REFERENCE_CONSTRAINT",
+            "the request refers to something missing, or something still refers to it",
+            metadata={"constraint": constraint},
         )
-    if not sqlstate and isinstance(exc, sqlalchemy.exc.DataError):  # refused by the driver
-        return InvalidArgument(
-            "UNSTORABLE_VALUE", "a value cannot be stored (text with a NUL character?)"
+    found = _KEY_VALUE.search(orig.diag.message_detail or "")
+    if found is None:
+        return FailedPrecondition(
+            reference.reason, reference.message.format(kind=f"the {reference.kind}")
         )
-    if sqlstate.startswith(("22", "23")):  # a data or check rule the proto rules missed
-        return InvalidArgument(
-            "CONSTRAINT_VIOLATION",
-            "the request breaks a rule of the stored data",
-            metadata={"constraint": constraint or ""},
-        )
-    if sqlstate in RETRYABLE_SQLSTATES or sqlstate == "55P03":
-        return Aborted("CONCURRENT_MODIFICATION", "a concurrent change got in the way; retry")
-    if sqlstate == "57014":
-        return DeadlineExceeded("DEADLINE_EXCEEDED", "the call ran out of time")
-    if sqlstate.startswith("53"):
-        return ResourceExhausted("DATABASE_RESOURCES_EXHAUSTED", "the database is overloaded")
-    if isinstance(exc, sqlalchemy.exc.OperationalError) and not sqlstate:
-        return Unavailable("DATABASE_UNAVAILABLE", "the studio's database is unavailable")
-    return Internal("INTERNAL", "internal error")
+    key = found.group(2)
+    return FailedPrecondition(
+        reference.reason,
+        reference.message.format(kind=f"{reference.kind} {key}"),
+        metadata={f"{reference.kind}Id": key},
+    )
+
+
+def _rule_error(rule: Rule, orig: psycopg.Error | None = None) -> ApiError:
+    constraint = orig.diag.constraint_name if orig is not None else None
+    metadata = {"constraint": constraint} if constraint else None
+    return rule.error(rule.reason, rule.message, metadata=metadata)
 
 
 def error_from_exception(exc: BaseException, *, deleting: bool = False) -> ApiError:
-    """The ApiError a caller sees for `exc`. `deleting`: the call deletes a resource."""
+    """The ApiError a caller sees for `exc`. `deleting`: the call deletes a resource.
+
+    In order: typed errors as they are; a lost connection; a database error by its
+    SQLSTATE (foreign keys by constraint name), exact code then class; then by exception
+    type (EXCEPTIONS); anything else is INTERNAL."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        return _database_error(exc, deleting=deleting)
-    if isinstance(exc, sqlalchemy.exc.TimeoutError):  # no pooled connection in time
-        return ResourceExhausted("TOO_MANY_CALLS", "too many calls for this studio right now")
-    if isinstance(exc, psycopg.OperationalError | OSError):
-        return Unavailable("DATABASE_UNAVAILABLE", "the studio's database is unavailable")
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return DeadlineExceeded("DEADLINE_EXCEEDED", "the call ran out of time")
-    return Internal("INTERNAL", "internal error")
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return _rule_error(UNAVAILABLE)
+    orig = _psycopg_error(exc)
+    sqlstate = (orig.sqlstate if orig is not None else None) or ""
+    if orig is not None and sqlstate in FOREIGN_KEY_SQLSTATES:
+        return _reference_error(orig, deleting=deleting)
+    rule = SQLSTATES.get(sqlstate) or SQLSTATE_CLASSES.get(sqlstate[:2])
+    if rule is None:
+        rule = next((r for kind, r in EXCEPTIONS if isinstance(exc, kind)), INTERNAL)
+    return _rule_error(rule, orig)
 
 
 def _pack(message: ErrorInfo | BadRequest) -> any_pb2.Any:

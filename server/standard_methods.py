@@ -33,6 +33,9 @@ __all__ = ["Guarded", "create", "delete", "get", "list_page", "not_found", "upda
 M = TypeVar("M", bound=Message)
 
 
+GUARDED_ATTEMPTS = 2  # a refused write runs once more after its explanation found it valid
+
+
 @dataclass(frozen=True)
 class Guarded(Generic[M]):
     """A reference check that a create or update makes in its own statement (one round trip
@@ -44,9 +47,27 @@ class Guarded(Generic[M]):
     # raises why the resource was refused (it may read and lock what it needs)
     explain: Callable[[Ctx, M], Awaitable[None]]
 
-    async def refused(self, ctx: Ctx, resource: M) -> None:
-        await self.explain(ctx, resource)
-        raise AssertionError("a guard refused what its explanation accepts")  # pragma: no cover
+
+async def _guarded_write(
+    ctx: Ctx,
+    guarded: Guarded[M] | None,
+    resource: M,
+    written: Collection[str],
+    write: Callable[[Guard | None], Awaitable[RowMapping | None]],
+) -> RowMapping:
+    """`write` with its guard. When the guard refuses, its explanation says why; when the
+    explanation finds nothing wrong, a concurrent change made the resource valid after the
+    guard read it: the explanation has locked what it read, so the write runs again, and
+    if it is refused once more the caller gets ABORTED (never a failed assertion)."""
+    guard = guarded.condition(resource, written) if guarded else None
+    for _attempt in range(GUARDED_ATTEMPTS):
+        row = await write(guard)
+        if row is not None:
+            return row
+        if guarded is None:
+            break
+        await guarded.explain(ctx, resource)
+    raise Aborted("CONCURRENT_MODIFICATION", "a concurrent change got in the way; retry")
 
 
 def not_found(kind: str, resource_id: int) -> NotFound:
@@ -84,15 +105,14 @@ async def create(
 ) -> M:
     """Insert `resource` in one statement; a retried request id returns the first result and
     creates nothing."""
-    guard = guarded.condition(resource, mapping.fields) if guarded else None
     values = mapping.insert_values(resource)
-    row = await insert_row(
-        ctx.db, mapping.table, values, request_id=request_id or None, guard=guard
-    )
-    if row is None:  # only a guard refuses an insert
-        assert guarded is not None
-        await guarded.refused(ctx, resource)
-    assert row is not None
+
+    async def insert(guard: Guard | None) -> RowMapping | None:
+        return await insert_row(
+            ctx.db, mapping.table, values, request_id=request_id or None, guard=guard
+        )
+
+    row = await _guarded_write(ctx, guarded, resource, mapping.fields, insert)
     return mapping.to_message(row)
 
 
@@ -122,13 +142,13 @@ async def update(
     validate_resource(merged, kind)
     if check is not None:
         await check(current, merged, paths)
-    guard = guarded.condition(merged, paths) if guarded else None
     values = mapping.update_values(patch, paths)
-    row = await update_row(ctx.db, mapping.table, resource_id, values, guard=guard)
-    if row is None:  # the row is locked (above): only a guard refuses
-        assert guarded is not None
-        await guarded.refused(ctx, merged)
-    assert row is not None
+
+    async def write(guard: Guard | None) -> RowMapping | None:
+        # the row is locked (above): only the guard refuses
+        return await update_row(ctx.db, mapping.table, resource_id, values, guard=guard)
+
+    row = await _guarded_write(ctx, guarded, merged, paths, write)
     return mapping.to_message(row)
 
 

@@ -7,7 +7,10 @@ of their own in protovalidate; ours are named "<field path>.<rule>" (for instanc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import protovalidate
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -52,34 +55,55 @@ def _raise_if_any(violations: list[protovalidate.Violation], prefix: str) -> Non
 
 
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31
+NUL = "\x00"
 
 
-def _malformed_timestamps(message: Message, prefix: str = "") -> list[FieldViolation]:
-    """Timestamps outside what google.protobuf.Timestamp allows (nanos in [0, 1e9), years
-    1-9999): well-formedness, like UTF-8, that no rule in a .proto states."""
+def _nul_characters(path: str, value: str | Sequence[str]) -> list[FieldViolation]:
+    """A text field (or each item of a repeated one) that holds a NUL character."""
+    texts = [(path, value)] if isinstance(value, str) else [
+        (f"{path}[{index}]", text) for index, text in enumerate(value)
+    ]  # fmt: skip
+    return [
+        FieldViolation(
+            at, "must not contain a NUL character (\\0): text cannot hold one", "NUL_CHARACTER"
+        )
+        for at, text in texts
+        if NUL in text
+    ]
+
+
+def _malformed(message: Message, prefix: str = "") -> list[FieldViolation]:
+    """Values that no rule in a .proto states and that cannot be stored: a NUL character in
+    text (PostgreSQL text cannot hold one), timestamps outside what
+    google.protobuf.Timestamp allows (nanos in [0, 1e9), years 1-9999)."""
     found = []
     for field, value in message.ListFields():
         path = f"{prefix}{field.name}"
-        if field.message_type is None or not isinstance(value, Message):
-            continue  # scalars, and repeated fields (no request repeats a message)
-        if isinstance(value, Timestamp):
+        if field.type == FieldDescriptor.TYPE_STRING:
+            if not isinstance(value, str) or NUL in value:  # the common case costs one test
+                found += _nul_characters(path, value)
+        elif field.message_type is None or not isinstance(value, Message):
+            continue  # other scalars, and repeated messages (no request repeats one)
+        elif isinstance(value, Timestamp):
             if not (
                 0 <= value.nanos < 1_000_000_000 and MIN_SECONDS <= value.seconds <= MAX_SECONDS
             ):
                 found.append(FieldViolation(path, "not a valid timestamp", "INVALID_TIMESTAMP"))
         else:
-            found += _malformed_timestamps(value, f"{path}.")
+            found += _malformed(value, f"{path}.")
     return found
 
 
 def validate(request: Message) -> None:
     """Raise InvalidArgument listing every violation of the request's rules."""
-    malformed = _malformed_timestamps(request)
+    malformed = _malformed(request)
     if malformed:
         raise InvalidArgument(
-            "INVALID_ARGUMENT", "the request has malformed timestamps",
+            "INVALID_ARGUMENT",
+            "the request has values that cannot be stored: "
+            + "; ".join(f"{v.field}: {v.description}" for v in malformed[:3]),
             field_violations=tuple(malformed),
-        )  # fmt: skip
+        )
     _raise_if_any(_validator.collect_violations(request), "")
 
 

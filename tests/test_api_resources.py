@@ -71,23 +71,47 @@ def _delete_failure(call: object) -> tuple[grpc.StatusCode, str]:
     return got.code, got.reason
 
 
-def test_deleting_what_is_still_used_is_refused_with_the_reason(api: Api, studio: Tenant) -> None:
+def _refusal(call: object) -> tuple[grpc.StatusCode, str, str, dict[str, str]]:
+    with pytest.raises(grpc.RpcError) as raised:
+        call()  # type: ignore[operator]
+    got = failure(raised.value)
+    ids = {k: v for k, v in got.metadata.items() if k != "requestId"}
+    return got.code, got.reason, got.message, ids
+
+
+def test_deleting_what_is_still_used_is_refused_naming_it_and_what_to_do(
+    api: Api, studio: Tenant
+) -> None:
     client, room = api.client(), api.room()
     project = api.project(client.id)
     api.session(client.id, room.id)
     with psycopg.connect(studio.url, autocommit=True) as conn:  # tracks have no API yet
         conn.execute("INSERT INTO tracks (project_id, title) VALUES (%s, 'Intro')", (project.id,))
     precondition = grpc.StatusCode.FAILED_PRECONDITION
+    client_ids, room_ids = {"clientId": str(client.id)}, {"roomId": str(room.id)}
 
-    assert _delete_failure(
+    assert _refusal(
         lambda: api.clients.DeleteClient(client_pb2.DeleteClientRequest(id=client.id))
-    ) == (precondition, "CLIENT_HAS_PROJECTS")
-    assert _delete_failure(
-        lambda: api.rooms.DeleteRoom(room_pb2.DeleteRoomRequest(id=room.id))
-    ) == (precondition, "ROOM_HAS_SESSIONS")
-    assert _delete_failure(
+    ) == (
+        precondition,
+        "CLIENT_HAS_PROJECTS",
+        f"client {client.id} still has projects; delete them first",
+        client_ids,
+    )
+    assert _refusal(lambda: api.rooms.DeleteRoom(room_pb2.DeleteRoomRequest(id=room.id))) == (
+        precondition,
+        "ROOM_HAS_SESSIONS",
+        f"room {room.id} still has sessions booked in it; delete them first",
+        room_ids,
+    )
+    assert _refusal(
         lambda: api.projects.DeleteProject(project_pb2.DeleteProjectRequest(id=project.id))
-    ) == (precondition, "PROJECT_HAS_TRACKS")
+    ) == (
+        precondition,
+        "PROJECT_HAS_TRACKS",
+        f"project {project.id} has tracks; delete them first, or delete the project with force",
+        {"projectId": str(project.id)},
+    )
 
     api.projects.DeleteProject(project_pb2.DeleteProjectRequest(id=project.id, force=True))
     with psycopg.connect(studio.url) as conn:
@@ -95,9 +119,35 @@ def test_deleting_what_is_still_used_is_refused_with_the_reason(api: Api, studio
             "SELECT count(*) FROM tracks WHERE project_id = %s", (project.id,)
         ).fetchone() == (0,)
     # the project is gone; the session still holds the client
-    assert _delete_failure(
+    assert _refusal(
         lambda: api.clients.DeleteClient(client_pb2.DeleteClientRequest(id=client.id))
-    ) == (precondition, "CLIENT_HAS_SESSIONS")
+    ) == (precondition, "CLIENT_HAS_SESSIONS",
+          f"client {client.id} still has sessions; delete them first", client_ids)  # fmt: skip
+
+
+def test_deleting_a_room_unlinks_the_tracks_recorded_in_it_as_an_update_would(
+    api: Api, studio: Tenant
+) -> None:
+    room, project = api.room(), api.project(api.client().id)
+    with psycopg.connect(studio.url, autocommit=True) as conn:  # tracks have no API yet
+        before = conn.execute(
+            "INSERT INTO tracks (project_id, title, recorded_in_room_id) VALUES (%s, 'Intro', %s)"
+            " RETURNING id, version, updated_at",
+            (project.id, room.id),
+        ).fetchone()
+    assert before is not None
+
+    api.rooms.DeleteRoom(room_pb2.DeleteRoomRequest(id=room.id), timeout=10)
+
+    with psycopg.connect(studio.url) as conn:
+        after = conn.execute(
+            "SELECT recorded_in_room_id, version, updated_at FROM tracks WHERE id = %s",
+            (before[0],),
+        ).fetchone()
+    assert after is not None
+    assert after[0] is None
+    assert after[1] == before[1] + 1
+    assert after[2] > before[2]
 
 
 @pytest.mark.parametrize(
@@ -133,7 +183,10 @@ def test_a_project_with_sessions_cannot_move_to_another_client(api: Api) -> None
             ),
             timeout=10,
         )
-    assert failure(raised.value).reason == "PROJECT_HAS_SESSIONS"
+    got = failure(raised.value)
+    assert got.reason == "PROJECT_HAS_SESSIONS"
+    assert got.message.startswith(f"project {project.id} has sessions")
+    assert got.metadata["projectId"] == str(project.id)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +194,7 @@ def test_a_project_with_sessions_cannot_move_to_another_client(api: Api) -> None
     [
         (room_pb2.Room(), {"room.name": "REQUIRED"}),
         (room_pb2.Room(name="A", hourly_rate="12.345", color="red", capacity=-1),
-         {"room.hourly_rate": "STRING_PATTERN", "room.color": "STRING_PATTERN",
+         {"room.hourly_rate": "AMOUNT_FORMAT", "room.color": "STRING_PATTERN",
           "room.capacity": "INT32_GT_LTE"}),
     ],
 )  # fmt: skip

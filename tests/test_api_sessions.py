@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from studio.v1 import project_pb2, session_pb2
 from tests.api import Api, failure
 from tests.conftest import ApiServer, Tenant
-from tests.row_lock import RowLock
+from tests.row_lock import RowLock, lock_waiters
 
 DAY = 86_400
 
@@ -63,11 +64,14 @@ def test_a_standalone_session_has_no_project(api: Api) -> None:
     assert session.payment_status == session_pb2.PAYMENT_STATUS_UNPAID
 
 
-def test_deleting_a_project_keeps_its_sessions_and_unlinks_them(api: Api) -> None:
+def test_deleting_a_project_unlinks_its_sessions_as_an_update_would(api: Api) -> None:
+    """The unlink is a write like any other: a new update_time and etag, so an update made
+    with the etag read before is ABORTED instead of silently applied."""
     client, room = api.client(), api.room()
     project = api.project(client.id)
     sessions = [api.session(client.id, room.id, project_id=project.id, start=s)
                 for s in (1_800_000_000, 1_800_100_000)]  # fmt: skip
+    read = _get(api, sessions[0].id)
 
     api.projects.DeleteProject(project_pb2.DeleteProjectRequest(id=project.id), timeout=10)
 
@@ -75,6 +79,43 @@ def test_deleting_a_project_keeps_its_sessions_and_unlinks_them(api: Api) -> Non
         kept = _get(api, session.id)
         assert not kept.HasField("project_id")
         assert kept.title == session.title
+        assert kept.etag != session.etag
+        assert kept.update_time.ToNanoseconds() > session.update_time.ToNanoseconds()
+    with pytest.raises(grpc.RpcError) as raised:
+        _update(api, session_pb2.Session(id=read.id, title="Overdubs", etag=read.etag))
+    got = failure(raised.value)
+    assert (got.code, got.reason) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
+    assert _get(api, read.id).title == read.title
+
+
+def test_a_session_linked_while_its_project_is_deleted_is_unlinked_as_an_update_would(
+    api: Api, studio: Tenant
+) -> None:
+    """The link commits while the delete waits for it: the delete still unlinks that session
+    with a new etag, not silently through the foreign key."""
+    client, room = api.client(), api.room()
+    project = api.project(client.id)
+    session = api.session(client.id, room.id)
+    with psycopg.connect(studio.url) as linker:  # a link in flight: the project is locked
+        linked_version = linker.execute(
+            "UPDATE sessions SET project_id = %s, version = version + 1, updated_at = now()"
+            " WHERE id = %s RETURNING version",
+            (project.id, session.id),
+        ).fetchone()
+        deleting = api.projects.DeleteProject.future(
+            project_pb2.DeleteProjectRequest(id=project.id), timeout=30
+        )
+        deadline = time.monotonic() + 20
+        while lock_waiters(studio.url) == 0:
+            assert time.monotonic() < deadline, "the delete never waited for the link"
+            time.sleep(0.02)
+        linker.commit()
+    deleting.result()
+
+    kept = _get(api, session.id)
+    assert not kept.HasField("project_id")
+    assert linked_version is not None
+    assert kept.etag != f'"{linked_version[0]}"'
 
 
 @pytest.mark.parametrize(

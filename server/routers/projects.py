@@ -67,7 +67,8 @@ async def update_project(ctx: Ctx, request: pb.UpdateProjectRequest) -> pb.Updat
         if merged.client_id != current.client_id and await project_has_sessions(ctx.db, current.id):
             raise FailedPrecondition(
                 "PROJECT_HAS_SESSIONS",
-                "a project with sessions cannot move to another client; unlink them first",
+                f"project {current.id} has sessions, so it cannot move to another client;"
+                " unlink them first",
                 metadata={"projectId": str(current.id)},
             )
 
@@ -80,8 +81,10 @@ async def update_project(ctx: Ctx, request: pb.UpdateProjectRequest) -> pb.Updat
 
 @router.procedure("DeleteProject")
 async def delete_project(ctx: Ctx, request: pb.DeleteProjectRequest) -> pb.DeleteProjectResponse:
-    """Its sessions are kept and unlinked (ON DELETE SET NULL). With tracks, it is refused
-    (PROJECT_HAS_TRACKS) unless `force`, which deletes the tracks in the same transaction."""
+    """Its sessions are kept and unlinked, in the statement that deletes it, each as by an
+    update (a new update_time and etag: an update with the old etag is ABORTED). With
+    tracks, it is refused (PROJECT_HAS_TRACKS) unless `force`, which deletes the tracks in
+    the same transaction."""
     if request.force:
         await delete_project_tracks(ctx.db, request.id)
     await standard_methods.delete(ctx, PROJECT, "project", request.id, request.etag)

@@ -64,6 +64,7 @@ async def update_room(ctx: Ctx, request: pb.UpdateRoomRequest) -> pb.UpdateRoomR
 
 @router.procedure("DeleteRoom")
 async def delete_room(ctx: Ctx, request: pb.DeleteRoomRequest) -> pb.DeleteRoomResponse:
-    """Refused (ROOM_HAS_SESSIONS) while sessions are booked in it."""
+    """Refused (ROOM_HAS_SESSIONS) while sessions are booked in it. Tracks recorded in it
+    forget the room, each as by an update (a new updated_at and version)."""
     await standard_methods.delete(ctx, ROOM, "room", request.id, request.etag)
     return pb.DeleteRoomResponse()

@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17studio/v1/project.proto\x12\tstudio.v1\x1a\x1b\x62uf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x04\n\x07Project\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x1d\n\tclient_id\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x02 \x00\xc8\x01\x01\x12\x19\n\x04name\x18\x03 \x01(\tB\x0b\xbaH\x08r\x03\x18\xff\x01\xc8\x01\x01\x12\x1d\n\x0b\x61rtist_name\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\xff\x01\x12\x1d\n\x0b\x64\x65scription\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\x90N\x12\x16\n\x05genre\x18\x06 \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12.\n\x04type\x18\x07 \x01(\x0e\x32\x16.studio.v1.ProjectTypeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x32\n\x06status\x18\x08 \x01(\x0e\x32\x18.studio.v1.ProjectStatusB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12?\n\x06\x62udget\x18\t \x01(\tB/\xbaH,r\'2%^(0|[1-9][0-9]{0,9})([.][0-9]{1,2})?$\xd8\x01\x01\x12\x17\n\x05label\x18\n \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1f\n\x0e\x63\x61talog_number\x18\x0b \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12\x17\n\x05notes\x18\x0c \x01(\tB\x08\xbaH\x05r\x03\x18\x90N\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x04\x65tag\x18\x0f \x01(\tB\x07\xbaH\x04r\x02\x18(\"(\n\x11GetProjectRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\"9\n\x12GetProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\"~\n\x13ListProjectsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x1f\n\tclient_id\x18\x03 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00H\x00\x88\x01\x01\x42\x0c\n\n_client_id\"U\n\x14ListProjectsResponse\x12$\n\x08projects\x18\x01 \x03(\x0b\x32\x12.studio.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x14\x43reateProjectRequest\x12+\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.ProjectB\x06\xbaH\x03\xc8\x01\x01\x12\x1f\n\nrequest_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"<\n\x15\x43reateProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\"\xff\x02\n\x14UpdateProjectRequest\x12+\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.ProjectB\x06\xbaH\x03\xd8\x01\x03\x12\xc7\x01\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x95\x01\xbaH\x91\x01\xe2\x01\x8d\x01\x12\x01*\x12\x02id\x12\tclient_id\x12\x04name\x12\x0b\x61rtist_name\x12\x0b\x64\x65scription\x12\x05genre\x12\x04type\x12\x06status\x12\x06\x62udget\x12\x05label\x12\x0e\x63\x61talog_number\x12\x05notes\x12\x0b\x63reate_time\x12\x0bupdate_time\x12\x04\x65tag:p\xbaHm\x1ak\n\x13project.id.required\x12*project.id must name the project to update\x1a(has(this.project) && this.project.id > 0\"<\n\x15UpdateProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\"Q\n\x14\x44\x65leteProjectRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18(\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x17\n\x15\x44\x65leteProjectResponse*\xbf\x01\n\x0bProjectType\x12\x1c\n\x18PROJECT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12PROJECT_TYPE_ALBUM\x10\x01\x12\x13\n\x0fPROJECT_TYPE_EP\x10\x02\x12\x17\n\x13PROJECT_TYPE_SINGLE\x10\x03\x12\x15\n\x11PROJECT_TYPE_DEMO\x10\x04\x12\x1b\n\x17PROJECT_TYPE_SOUNDTRACK\x10\x05\x12\x18\n\x14PROJECT_TYPE_PODCAST\x10\x06*\x9e\x02\n\rProjectStatus\x12\x1e\n\x1aPROJECT_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dPROJECT_STATUS_PRE_PRODUCTION\x10\x01\x12\x1c\n\x18PROJECT_STATUS_RECORDING\x10\x02\x12\x1a\n\x16PROJECT_STATUS_EDITING\x10\x03\x12\x19\n\x15PROJECT_STATUS_MIXING\x10\x04\x12\x1c\n\x18PROJECT_STATUS_MASTERING\x10\x05\x12\x1c\n\x18PROJECT_STATUS_COMPLETED\x10\x06\x12\x1c\n\x18PROJECT_STATUS_DELIVERED\x10\x07\x12\x1b\n\x17PROJECT_STATUS_ARCHIVED\x10\x08\x32\xb2\x03\n\x0eProjectService\x12N\n\nGetProject\x12\x1c.studio.v1.GetProjectRequest\x1a\x1d.studio.v1.GetProjectResponse\"\x03\x90\x02\x01\x12T\n\x0cListProjects\x12\x1e.studio.v1.ListProjectsRequest\x1a\x1f.studio.v1.ListProjectsResponse\"\x03\x90\x02\x01\x12R\n\rCreateProject\x12\x1f.studio.v1.CreateProjectRequest\x1a .studio.v1.CreateProjectResponse\x12R\n\rUpdateProject\x12\x1f.studio.v1.UpdateProjectRequest\x1a .studio.v1.UpdateProjectResponse\x12R\n\rDeleteProject\x12\x1f.studio.v1.DeleteProjectRequest\x1a .studio.v1.DeleteProjectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17studio/v1/project.proto\x12\tstudio.v1\x1a\x1b\x62uf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x05\n\x07Project\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x1d\n\tclient_id\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x02 \x00\xc8\x01\x01\x12\x19\n\x04name\x18\x03 \x01(\tB\x0b\xbaH\x08r\x03\x18\xff\x01\xc8\x01\x01\x12\x1d\n\x0b\x61rtist_name\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\xff\x01\x12\x1d\n\x0b\x64\x65scription\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\x90N\x12\x16\n\x05genre\x18\x06 \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12.\n\x04type\x18\x07 \x01(\x0e\x32\x16.studio.v1.ProjectTypeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x32\n\x06status\x18\x08 \x01(\x0e\x32\x18.studio.v1.ProjectStatusB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\xc2\x01\n\x06\x62udget\x18\t \x01(\tB\xb1\x01\xbaH\xad\x01\xba\x01\xa6\x01\n\ramount_format\x12^must be an amount like \"120.50\": up to 10 digits before the point, at most 2 after it, no sign\x1a\x35this.matches(\'^(0|[1-9][0-9]{0,9})([.][0-9]{1,2})?$\')\xd8\x01\x01\x12\x17\n\x05label\x18\n \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1f\n\x0e\x63\x61talog_number\x18\x0b \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12\x17\n\x05notes\x18\x0c \x01(\tB\x08\xbaH\x05r\x03\x18\x90N\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x04\x65tag\x18\x0f \x01(\tB\x07\xbaH\x04r\x02\x18(\"(\n\x11GetProjectRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\"9\n\x12GetProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\"~\n\x13ListProjectsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x1f\n\tclient_id\x18\x03 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00H\x00\x88\x01\x01\x42\x0c\n\n_client_id\"U\n\x14ListProjectsResponse\x12$\n\x08projects\x18\x01 \x03(\x0b\x32\x12.studio.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x14\x43reateProjectRequest\x12+\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.ProjectB\x06\xbaH\x03\xc8\x01\x01\x12\x1f\n\nrequest_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"<\n\x15\x43reateProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\"\xff\x02\n\x14UpdateProjectRequest\x12+\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.ProjectB\x06\xbaH\x03\xd8\x01\x03\x12\xc7\x01\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x95\x01\xbaH\x91\x01\xe2\x01\x8d\x01\x12\x01*\x12\x02id\x12\tclient_id\x12\x04name\x12\x0b\x61rtist_name\x12\x0b\x64\x65scription\x12\x05genre\x12\x04type\x12\x06status\x12\x06\x62udget\x12\x05label\x12\x0e\x63\x61talog_number\x12\x05notes\x12\x0b\x63reate_time\x12\x0bupdate_time\x12\x04\x65tag:p\xbaHm\x1ak\n\x13project.id.required\x12*project.id must name the project to update\x1a(has(this.project) && this.project.id > 0\"<\n\x15UpdateProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\"Q\n\x14\x44\x65leteProjectRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18(\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x17\n\x15\x44\x65leteProjectResponse*\xbf\x01\n\x0bProjectType\x12\x1c\n\x18PROJECT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12PROJECT_TYPE_ALBUM\x10\x01\x12\x13\n\x0fPROJECT_TYPE_EP\x10\x02\x12\x17\n\x13PROJECT_TYPE_SINGLE\x10\x03\x12\x15\n\x11PROJECT_TYPE_DEMO\x10\x04\x12\x1b\n\x17PROJECT_TYPE_SOUNDTRACK\x10\x05\x12\x18\n\x14PROJECT_TYPE_PODCAST\x10\x06*\x9e\x02\n\rProjectStatus\x12\x1e\n\x1aPROJECT_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dPROJECT_STATUS_PRE_PRODUCTION\x10\x01\x12\x1c\n\x18PROJECT_STATUS_RECORDING\x10\x02\x12\x1a\n\x16PROJECT_STATUS_EDITING\x10\x03\x12\x19\n\x15PROJECT_STATUS_MIXING\x10\x04\x12\x1c\n\x18PROJECT_STATUS_MASTERING\x10\x05\x12\x1c\n\x18PROJECT_STATUS_COMPLETED\x10\x06\x12\x1c\n\x18PROJECT_STATUS_DELIVERED\x10\x07\x12\x1b\n\x17PROJECT_STATUS_ARCHIVED\x10\x08\x32\xb2\x03\n\x0eProjectService\x12N\n\nGetProject\x12\x1c.studio.v1.GetProjectRequest\x1a\x1d.studio.v1.GetProjectResponse\"\x03\x90\x02\x01\x12T\n\x0cListProjects\x12\x1e.studio.v1.ListProjectsRequest\x1a\x1f.studio.v1.ListProjectsResponse\"\x03\x90\x02\x01\x12R\n\rCreateProject\x12\x1f.studio.v1.CreateProjectRequest\x1a .studio.v1.CreateProjectResponse\x12R\n\rUpdateProject\x12\x1f.studio.v1.UpdateProjectRequest\x1a .studio.v1.UpdateProjectResponse\x12R\n\rDeleteProject\x12\x1f.studio.v1.DeleteProjectRequest\x1a .studio.v1.DeleteProjectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,7 +49,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROJECT'].fields_by_name['status']._loaded_options = None
   _globals['_PROJECT'].fields_by_name['status']._serialized_options = b'\272H\005\202\001\002\020\001'
   _globals['_PROJECT'].fields_by_name['budget']._loaded_options = None
-  _globals['_PROJECT'].fields_by_name['budget']._serialized_options = b'\272H,r\'2%^(0|[1-9][0-9]{0,9})([.][0-9]{1,2})?$\330\001\001'
+  _globals['_PROJECT'].fields_by_name['budget']._serialized_options = b'\272H\255\001\272\001\246\001\n\ramount_format\022^must be an amount like \"120.50\": up to 10 digits before the point, at most 2 after it, no sign\0325this.matches(\'^(0|[1-9][0-9]{0,9})([.][0-9]{1,2})?$\')\330\001\001'
   _globals['_PROJECT'].fields_by_name['label']._loaded_options = None
   _globals['_PROJECT'].fields_by_name['label']._serialized_options = b'\272H\005r\003\030\310\001'
   _globals['_PROJECT'].fields_by_name['catalog_number']._loaded_options = None
@@ -84,32 +84,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROJECTSERVICE'].methods_by_name['GetProject']._serialized_options = b'\220\002\001'
   _globals['_PROJECTSERVICE'].methods_by_name['ListProjects']._loaded_options = None
   _globals['_PROJECTSERVICE'].methods_by_name['ListProjects']._serialized_options = b'\220\002\001'
-  _globals['_PROJECTTYPE']._serialized_start=1708
-  _globals['_PROJECTTYPE']._serialized_end=1899
-  _globals['_PROJECTSTATUS']._serialized_start=1902
-  _globals['_PROJECTSTATUS']._serialized_end=2188
+  _globals['_PROJECTTYPE']._serialized_start=1840
+  _globals['_PROJECTTYPE']._serialized_end=2031
+  _globals['_PROJECTSTATUS']._serialized_start=2034
+  _globals['_PROJECTSTATUS']._serialized_end=2320
   _globals['_PROJECT']._serialized_start=135
-  _globals['_PROJECT']._serialized_end=669
-  _globals['_GETPROJECTREQUEST']._serialized_start=671
-  _globals['_GETPROJECTREQUEST']._serialized_end=711
-  _globals['_GETPROJECTRESPONSE']._serialized_start=713
-  _globals['_GETPROJECTRESPONSE']._serialized_end=770
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=772
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=898
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=900
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=985
-  _globals['_CREATEPROJECTREQUEST']._serialized_start=987
-  _globals['_CREATEPROJECTREQUEST']._serialized_end=1087
-  _globals['_CREATEPROJECTRESPONSE']._serialized_start=1089
-  _globals['_CREATEPROJECTRESPONSE']._serialized_end=1149
-  _globals['_UPDATEPROJECTREQUEST']._serialized_start=1152
-  _globals['_UPDATEPROJECTREQUEST']._serialized_end=1535
-  _globals['_UPDATEPROJECTRESPONSE']._serialized_start=1537
-  _globals['_UPDATEPROJECTRESPONSE']._serialized_end=1597
-  _globals['_DELETEPROJECTREQUEST']._serialized_start=1599
-  _globals['_DELETEPROJECTREQUEST']._serialized_end=1680
-  _globals['_DELETEPROJECTRESPONSE']._serialized_start=1682
-  _globals['_DELETEPROJECTRESPONSE']._serialized_end=1705
-  _globals['_PROJECTSERVICE']._serialized_start=2191
-  _globals['_PROJECTSERVICE']._serialized_end=2625
+  _globals['_PROJECT']._serialized_end=801
+  _globals['_GETPROJECTREQUEST']._serialized_start=803
+  _globals['_GETPROJECTREQUEST']._serialized_end=843
+  _globals['_GETPROJECTRESPONSE']._serialized_start=845
+  _globals['_GETPROJECTRESPONSE']._serialized_end=902
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=904
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=1030
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=1032
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=1117
+  _globals['_CREATEPROJECTREQUEST']._serialized_start=1119
+  _globals['_CREATEPROJECTREQUEST']._serialized_end=1219
+  _globals['_CREATEPROJECTRESPONSE']._serialized_start=1221
+  _globals['_CREATEPROJECTRESPONSE']._serialized_end=1281
+  _globals['_UPDATEPROJECTREQUEST']._serialized_start=1284
+  _globals['_UPDATEPROJECTREQUEST']._serialized_end=1667
+  _globals['_UPDATEPROJECTRESPONSE']._serialized_start=1669
+  _globals['_UPDATEPROJECTRESPONSE']._serialized_end=1729
+  _globals['_DELETEPROJECTREQUEST']._serialized_start=1731
+  _globals['_DELETEPROJECTREQUEST']._serialized_end=1812
+  _globals['_DELETEPROJECTRESPONSE']._serialized_start=1814
+  _globals['_DELETEPROJECTRESPONSE']._serialized_end=1837
+  _globals['_PROJECTSERVICE']._serialized_start=2323
+  _globals['_PROJECTSERVICE']._serialized_end=2757
 # @@protoc_insertion_point(module_scope)

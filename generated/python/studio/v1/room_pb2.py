@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14studio/v1/room.proto\x12\tstudio.v1\x1a\x1b\x62uf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x05\n\x04Room\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x19\n\x04name\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\x18\xff\x01\xc8\x01\x01\x12\x1d\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x90N\x12+\n\x04type\x18\x04 \x01(\x0e\x32\x13.studio.v1.RoomTypeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x44\n\x0bhourly_rate\x18\x05 \x01(\tB/\xbaH,r\'2%^(0|[1-9][0-9]{0,7})([.][0-9]{1,2})?$\xd8\x01\x01\x12\x46\n\rhalf_day_rate\x18\x06 \x01(\tB/\xbaH,r\'2%^(0|[1-9][0-9]{0,7})([.][0-9]{1,2})?$\xd8\x01\x01\x12\x46\n\rfull_day_rate\x18\x07 \x01(\tB/\xbaH,r\'2%^(0|[1-9][0-9]{0,7})([.][0-9]{1,2})?$\xd8\x01\x01\x12\x1f\n\x08\x63\x61pacity\x18\x08 \x01(\x05\x42\r\xbaH\n\x1a\x05\x18\xe8\x07 \x00\xd8\x01\x01\x12\x1b\n\x13has_isolation_booth\x18\t \x01(\x08\x12\x15\n\rhas_live_room\x18\n \x01(\x08\x12\x18\n\x10has_control_room\x18\x0b \x01(\x08\x12%\n\x18is_available_for_booking\x18\x0c \x01(\x08H\x00\x88\x01\x01\x12*\n\x05\x63olor\x18\r \x01(\tB\x1b\xbaH\x18r\x13\x32\x11^#[0-9a-fA-F]{6}$\xd8\x01\x01\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x04\x65tag\x18\x10 \x01(\tB\x07\xbaH\x04r\x02\x18(B\x1b\n\x19_is_available_for_booking\"%\n\x0eGetRoomRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\"0\n\x0fGetRoomResponse\x12\x1d\n\x04room\x18\x01 \x01(\x0b\x32\x0f.studio.v1.Room\"L\n\x10ListRoomsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"L\n\x11ListRoomsResponse\x12\x1e\n\x05rooms\x18\x01 \x03(\x0b\x32\x0f.studio.v1.Room\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x11\x43reateRoomRequest\x12%\n\x04room\x18\x01 \x01(\x0b\x32\x0f.studio.v1.RoomB\x06\xbaH\x03\xc8\x01\x01\x12\x1f\n\nrequest_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"3\n\x12\x43reateRoomResponse\x12\x1d\n\x04room\x18\x01 \x01(\x0b\x32\x0f.studio.v1.Room\"\xa6\x03\n\x11UpdateRoomRequest\x12%\n\x04room\x18\x01 \x01(\x0b\x32\x0f.studio.v1.RoomB\x06\xbaH\x03\xd8\x01\x03\x12\x86\x02\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\xd4\x01\xbaH\xd0\x01\xe2\x01\xcc\x01\x12\x01*\x12\x02id\x12\x04name\x12\x0b\x64\x65scription\x12\x04type\x12\x0bhourly_rate\x12\rhalf_day_rate\x12\rfull_day_rate\x12\x08\x63\x61pacity\x12\x13has_isolation_booth\x12\rhas_live_room\x12\x10has_control_room\x12\x18is_available_for_booking\x12\x05\x63olor\x12\x0b\x63reate_time\x12\x0bupdate_time\x12\x04\x65tag:a\xbaH^\x1a\\\n\x10room.id.required\x12$room.id must name the room to update\x1a\"has(this.room) && this.room.id > 0\"3\n\x12UpdateRoomResponse\x12\x1d\n\x04room\x18\x01 \x01(\x0b\x32\x0f.studio.v1.Room\"?\n\x11\x44\x65leteRoomRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18(\"\x14\n\x12\x44\x65leteRoomResponse*\x9a\x01\n\x08RoomType\x12\x19\n\x15ROOM_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROOM_TYPE_RECORDING\x10\x01\x12\x14\n\x10ROOM_TYPE_MIXING\x10\x02\x12\x17\n\x13ROOM_TYPE_MASTERING\x10\x03\x12\x17\n\x13ROOM_TYPE_REHEARSAL\x10\x04\x12\x12\n\x0eROOM_TYPE_LIVE\x10\x05\x32\x82\x03\n\x0bRoomService\x12\x45\n\x07GetRoom\x12\x19.studio.v1.GetRoomRequest\x1a\x1a.studio.v1.GetRoomResponse\"\x03\x90\x02\x01\x12K\n\tListRooms\x12\x1b.studio.v1.ListRoomsRequest\x1a\x1c.studio.v1.ListRoomsResponse\"\x03\x90\x02\x01\x12I\n\nCreateRoom\x12\x1c.studio.v1.CreateRoomRequest\x1a\x1d.studio.v1.CreateRoomResponse\x12I\n\nUpdateRoom\x12\x1c.studio.v1.UpdateRoomRequest\x1a\x1d.studio.v1.UpdateRoomResponse\x12I\n\nDeleteRoom\x12\x1c.studio.v1.DeleteRoomRequest\x1a\x1d.studio.v1.DeleteRoomResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14studio/v1/room.proto\x12\tstudio.v1\x1a\x1b\x62uf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x08\n\x04Room\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x19\n\x04name\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\x18\xff\x01\xc8\x01\x01\x12\x1d\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x90N\x12+\n\x04type\x18\x04 \x01(\x0e\x32\x13.studio.v1.RoomTypeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\xc6\x01\n\x0bhourly_rate\x18\x05 \x01(\tB\xb0\x01\xbaH\xac\x01\xba\x01\xa5\x01\n\ramount_format\x12]must be an amount like \"120.50\": up to 8 digits before the point, at most 2 after it, no sign\x1a\x35this.matches(\'^(0|[1-9][0-9]{0,7})([.][0-9]{1,2})?$\')\xd8\x01\x01\x12\xc8\x01\n\rhalf_day_rate\x18\x06 \x01(\tB\xb0\x01\xbaH\xac\x01\xba\x01\xa5\x01\n\ramount_format\x12]must be an amount like \"120.50\": up to 8 digits before the point, at most 2 after it, no sign\x1a\x35this.matches(\'^(0|[1-9][0-9]{0,7})([.][0-9]{1,2})?$\')\xd8\x01\x01\x12\xc8\x01\n\rfull_day_rate\x18\x07 \x01(\tB\xb0\x01\xbaH\xac\x01\xba\x01\xa5\x01\n\ramount_format\x12]must be an amount like \"120.50\": up to 8 digits before the point, at most 2 after it, no sign\x1a\x35this.matches(\'^(0|[1-9][0-9]{0,7})([.][0-9]{1,2})?$\')\xd8\x01\x01\x12\x1f\n\x08\x63\x61pacity\x18\x08 \x01(\x05\x42\r\xbaH\n\x1a\x05\x18\xe8\x07 \x00\xd8\x01\x01\x12\x1b\n\x13has_isolation_booth\x18\t \x01(\x08\x12\x15\n\rhas_live_room\x18\n \x01(\x08\x12\x18\n\x10has_control_room\x18\x0b \x01(\x08\x12%\n\x18is_available_for_booking\x18\x0c \x01(\x08H\x00\x88\x01\x01\x12*\n\x05\x63olor\x18\r \x01(\tB\x1b\xbaH\x18r\x13\x32\x11^#[0-9a-fA-F]{6}$\xd8\x01\x01\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x04\x65tag\x18\x10 \x01(\tB\x07\xbaH\x04r\x02\x18(B\x1b\n\x19_is_available_for_booking\"%\n\x0eGetRoomRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\"0\n\x0fGetRoomResponse\x12\x1d\n\x04room\x18\x01 \x01(\x0b\x32\x0f.studio.v1.Room\"L\n\x10ListRoomsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"L\n\x11ListRoomsResponse\x12\x1e\n\x05rooms\x18\x01 \x03(\x0b\x32\x0f.studio.v1.Room\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x11\x43reateRoomRequest\x12%\n\x04room\x18\x01 \x01(\x0b\x32\x0f.studio.v1.RoomB\x06\xbaH\x03\xc8\x01\x01\x12\x1f\n\nrequest_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"3\n\x12\x43reateRoomResponse\x12\x1d\n\x04room\x18\x01 \x01(\x0b\x32\x0f.studio.v1.Room\"\xa6\x03\n\x11UpdateRoomRequest\x12%\n\x04room\x18\x01 \x01(\x0b\x32\x0f.studio.v1.RoomB\x06\xbaH\x03\xd8\x01\x03\x12\x86\x02\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\xd4\x01\xbaH\xd0\x01\xe2\x01\xcc\x01\x12\x01*\x12\x02id\x12\x04name\x12\x0b\x64\x65scription\x12\x04type\x12\x0bhourly_rate\x12\rhalf_day_rate\x12\rfull_day_rate\x12\x08\x63\x61pacity\x12\x13has_isolation_booth\x12\rhas_live_room\x12\x10has_control_room\x12\x18is_available_for_booking\x12\x05\x63olor\x12\x0b\x63reate_time\x12\x0bupdate_time\x12\x04\x65tag:a\xbaH^\x1a\\\n\x10room.id.required\x12$room.id must name the room to update\x1a\"has(this.room) && this.room.id > 0\"3\n\x12UpdateRoomResponse\x12\x1d\n\x04room\x18\x01 \x01(\x0b\x32\x0f.studio.v1.Room\"?\n\x11\x44\x65leteRoomRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18(\"\x14\n\x12\x44\x65leteRoomResponse*\x9a\x01\n\x08RoomType\x12\x19\n\x15ROOM_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROOM_TYPE_RECORDING\x10\x01\x12\x14\n\x10ROOM_TYPE_MIXING\x10\x02\x12\x17\n\x13ROOM_TYPE_MASTERING\x10\x03\x12\x17\n\x13ROOM_TYPE_REHEARSAL\x10\x04\x12\x12\n\x0eROOM_TYPE_LIVE\x10\x05\x32\x82\x03\n\x0bRoomService\x12\x45\n\x07GetRoom\x12\x19.studio.v1.GetRoomRequest\x1a\x1a.studio.v1.GetRoomResponse\"\x03\x90\x02\x01\x12K\n\tListRooms\x12\x1b.studio.v1.ListRoomsRequest\x1a\x1c.studio.v1.ListRoomsResponse\"\x03\x90\x02\x01\x12I\n\nCreateRoom\x12\x1c.studio.v1.CreateRoomRequest\x1a\x1d.studio.v1.CreateRoomResponse\x12I\n\nUpdateRoom\x12\x1c.studio.v1.UpdateRoomRequest\x1a\x1d.studio.v1.UpdateRoomResponse\x12I\n\nDeleteRoom\x12\x1c.studio.v1.DeleteRoomRequest\x1a\x1d.studio.v1.DeleteRoomResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,11 +41,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROOM'].fields_by_name['type']._loaded_options = None
   _globals['_ROOM'].fields_by_name['type']._serialized_options = b'\272H\005\202\001\002\020\001'
   _globals['_ROOM'].fields_by_name['hourly_rate']._loaded_options = None
-  _globals['_ROOM'].fields_by_name['hourly_rate']._serialized_options = b'\272H,r\'2%^(0|[1-9][0-9]{0,7})([.][0-9]{1,2})?$\330\001\001'
+  _globals['_ROOM'].fields_by_name['hourly_rate']._serialized_options = b'\272H\254\001\272\001\245\001\n\ramount_format\022]must be an amount like \"120.50\": up to 8 digits before the point, at most 2 after it, no sign\0325this.matches(\'^(0|[1-9][0-9]{0,7})([.][0-9]{1,2})?$\')\330\001\001'
   _globals['_ROOM'].fields_by_name['half_day_rate']._loaded_options = None
-  _globals['_ROOM'].fields_by_name['half_day_rate']._serialized_options = b'\272H,r\'2%^(0|[1-9][0-9]{0,7})([.][0-9]{1,2})?$\330\001\001'
+  _globals['_ROOM'].fields_by_name['half_day_rate']._serialized_options = b'\272H\254\001\272\001\245\001\n\ramount_format\022]must be an amount like \"120.50\": up to 8 digits before the point, at most 2 after it, no sign\0325this.matches(\'^(0|[1-9][0-9]{0,7})([.][0-9]{1,2})?$\')\330\001\001'
   _globals['_ROOM'].fields_by_name['full_day_rate']._loaded_options = None
-  _globals['_ROOM'].fields_by_name['full_day_rate']._serialized_options = b'\272H,r\'2%^(0|[1-9][0-9]{0,7})([.][0-9]{1,2})?$\330\001\001'
+  _globals['_ROOM'].fields_by_name['full_day_rate']._serialized_options = b'\272H\254\001\272\001\245\001\n\ramount_format\022]must be an amount like \"120.50\": up to 8 digits before the point, at most 2 after it, no sign\0325this.matches(\'^(0|[1-9][0-9]{0,7})([.][0-9]{1,2})?$\')\330\001\001'
   _globals['_ROOM'].fields_by_name['capacity']._loaded_options = None
   _globals['_ROOM'].fields_by_name['capacity']._serialized_options = b'\272H\n\032\005\030\350\007 \000\330\001\001'
   _globals['_ROOM'].fields_by_name['color']._loaded_options = None
@@ -76,30 +76,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROOMSERVICE'].methods_by_name['GetRoom']._serialized_options = b'\220\002\001'
   _globals['_ROOMSERVICE'].methods_by_name['ListRooms']._loaded_options = None
   _globals['_ROOMSERVICE'].methods_by_name['ListRooms']._serialized_options = b'\220\002\001'
-  _globals['_ROOMTYPE']._serialized_start=1770
-  _globals['_ROOMTYPE']._serialized_end=1924
+  _globals['_ROOMTYPE']._serialized_start=2163
+  _globals['_ROOMTYPE']._serialized_end=2317
   _globals['_ROOM']._serialized_start=132
-  _globals['_ROOM']._serialized_end=811
-  _globals['_GETROOMREQUEST']._serialized_start=813
-  _globals['_GETROOMREQUEST']._serialized_end=850
-  _globals['_GETROOMRESPONSE']._serialized_start=852
-  _globals['_GETROOMRESPONSE']._serialized_end=900
-  _globals['_LISTROOMSREQUEST']._serialized_start=902
-  _globals['_LISTROOMSREQUEST']._serialized_end=978
-  _globals['_LISTROOMSRESPONSE']._serialized_start=980
-  _globals['_LISTROOMSRESPONSE']._serialized_end=1056
-  _globals['_CREATEROOMREQUEST']._serialized_start=1058
-  _globals['_CREATEROOMREQUEST']._serialized_end=1149
-  _globals['_CREATEROOMRESPONSE']._serialized_start=1151
-  _globals['_CREATEROOMRESPONSE']._serialized_end=1202
-  _globals['_UPDATEROOMREQUEST']._serialized_start=1205
-  _globals['_UPDATEROOMREQUEST']._serialized_end=1627
-  _globals['_UPDATEROOMRESPONSE']._serialized_start=1629
-  _globals['_UPDATEROOMRESPONSE']._serialized_end=1680
-  _globals['_DELETEROOMREQUEST']._serialized_start=1682
-  _globals['_DELETEROOMREQUEST']._serialized_end=1745
-  _globals['_DELETEROOMRESPONSE']._serialized_start=1747
-  _globals['_DELETEROOMRESPONSE']._serialized_end=1767
-  _globals['_ROOMSERVICE']._serialized_start=1927
-  _globals['_ROOMSERVICE']._serialized_end=2313
+  _globals['_ROOM']._serialized_end=1204
+  _globals['_GETROOMREQUEST']._serialized_start=1206
+  _globals['_GETROOMREQUEST']._serialized_end=1243
+  _globals['_GETROOMRESPONSE']._serialized_start=1245
+  _globals['_GETROOMRESPONSE']._serialized_end=1293
+  _globals['_LISTROOMSREQUEST']._serialized_start=1295
+  _globals['_LISTROOMSREQUEST']._serialized_end=1371
+  _globals['_LISTROOMSRESPONSE']._serialized_start=1373
+  _globals['_LISTROOMSRESPONSE']._serialized_end=1449
+  _globals['_CREATEROOMREQUEST']._serialized_start=1451
+  _globals['_CREATEROOMREQUEST']._serialized_end=1542
+  _globals['_CREATEROOMRESPONSE']._serialized_start=1544
+  _globals['_CREATEROOMRESPONSE']._serialized_end=1595
+  _globals['_UPDATEROOMREQUEST']._serialized_start=1598
+  _globals['_UPDATEROOMREQUEST']._serialized_end=2020
+  _globals['_UPDATEROOMRESPONSE']._serialized_start=2022
+  _globals['_UPDATEROOMRESPONSE']._serialized_end=2073
+  _globals['_DELETEROOMREQUEST']._serialized_start=2075
+  _globals['_DELETEROOMREQUEST']._serialized_end=2138
+  _globals['_DELETEROOMRESPONSE']._serialized_start=2140
+  _globals['_DELETEROOMRESPONSE']._serialized_end=2160
+  _globals['_ROOMSERVICE']._serialized_start=2320
+  _globals['_ROOMSERVICE']._serialized_end=2706
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,270 @@
+"""The error table, row by row: what each database failure and exception type becomes.
+
+No PostgreSQL: psycopg errors are built with the SQLSTATE and diagnostics PostgreSQL would
+send, and wrapped as SQLAlchemy wraps them (DBAPIError.instance picks IntegrityError,
+OperationalError... from the psycopg class).
+"""
+
+from __future__ import annotations
+
+import grpc
+import psycopg
+import psycopg.errors
+import pytest
+import sqlalchemy.exc
+from google.rpc.error_details_pb2 import ErrorInfo
+from grpc_status import rpc_status
+from psycopg.pq import DiagnosticField
+
+from server.error_mapping import (
+    EXCEPTIONS,
+    MISSING_REFERENCE,
+    SQLSTATE_CLASSES,
+    SQLSTATES,
+    STILL_REFERENCED,
+    error_from_exception,
+    is_retryable,
+    to_status,
+)
+from server.errors import ApiError, NotFound
+
+Code = grpc.StatusCode
+INTERNAL = (Code.INTERNAL, "INTERNAL", "internal error")
+
+
+def pg_error(
+    sqlstate: str, *, constraint: str | None = None, detail: str | None = None
+) -> psycopg.Error:
+    """The psycopg error PostgreSQL's answer would raise (its class chosen by SQLSTATE)."""
+    info: dict[int, bytes | None] = {DiagnosticField.SQLSTATE: sqlstate.encode()}
+    if constraint:
+        info[DiagnosticField.CONSTRAINT_NAME] = constraint.encode()
+    if detail:
+        info[DiagnosticField.MESSAGE_DETAIL] = detail.encode()
+    try:
+        error_class = psycopg.errors.lookup(sqlstate)
+    except KeyError:
+        error_class = psycopg.DatabaseError
+    return error_class(f"error {sqlstate}", info=info)  # type: ignore[arg-type]
+
+
+def wrapped(orig: BaseException, *, invalidated: bool = False) -> sqlalchemy.exc.DBAPIError:
+    """What SQLAlchemy raises when the driver raised `orig` during a statement."""
+    error = sqlalchemy.exc.DBAPIError.instance(
+        "SELECT 1", None, orig, psycopg.Error, connection_invalidated=invalidated
+    )
+    assert isinstance(error, sqlalchemy.exc.DBAPIError)
+    return error
+
+
+def outcome(exc: BaseException, *, deleting: bool = False) -> tuple[Code, str]:
+    error = error_from_exception(exc, deleting=deleting)
+    return error.code, error.reason
+
+
+# Exact SQLSTATEs, and one code of each class the mapping names by its class.
+SQLSTATE_CASES = [
+    ("40001", Code.ABORTED, "CONCURRENT_MODIFICATION"),  # serialization failure
+    ("40P01", Code.ABORTED, "CONCURRENT_MODIFICATION"),  # deadlock
+    ("55P03", Code.ABORTED, "CONCURRENT_MODIFICATION"),  # lock not available
+    ("57014", Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),  # statement_timeout
+    ("57P01", Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),  # admin shutdown
+    ("57P02", Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),  # crash shutdown
+    ("57P03", Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),  # cannot connect now
+    ("53300", Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),  # too many connections
+    ("3D000", Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),  # no such database
+    ("23505", Code.ALREADY_EXISTS, "ALREADY_EXISTS"),  # unique violation
+    ("08006", Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),  # class 08: connection failure
+    ("08001", Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
+    ("22001", Code.INVALID_ARGUMENT, "CONSTRAINT_VIOLATION"),  # class 22: string too long
+    ("22P02", Code.INVALID_ARGUMENT, "CONSTRAINT_VIOLATION"),
+    ("23514", Code.INVALID_ARGUMENT, "CONSTRAINT_VIOLATION"),  # class 23: check violation
+    ("23502", Code.INVALID_ARGUMENT, "CONSTRAINT_VIOLATION"),  # not null
+    ("53100", Code.RESOURCE_EXHAUSTED, "DATABASE_RESOURCES_EXHAUSTED"),  # class 53: disk full
+    ("53200", Code.RESOURCE_EXHAUSTED, "DATABASE_RESOURCES_EXHAUSTED"),  # out of memory
+]
+# What no rule names: a bug on our side, or a state we do not know how to explain.
+UNKNOWN_SQLSTATES = ["42P01", "42703", "XX000", "0A000", "P0001"]
+
+
+@pytest.mark.parametrize(("sqlstate", "code", "reason"), SQLSTATE_CASES)
+def test_each_sqlstate_maps_to_its_code_and_reason(sqlstate: str, code: Code, reason: str) -> None:
+    assert outcome(wrapped(pg_error(sqlstate))) == (code, reason)
+    assert outcome(pg_error(sqlstate)) == (code, reason)  # raised by psycopg directly
+
+
+def test_every_sqlstate_and_class_the_mapping_names_has_a_case() -> None:
+    exact = {case[0] for case in SQLSTATE_CASES}
+    by_class = {case[0][:2] for case in SQLSTATE_CASES if case[0] not in SQLSTATES}
+    assert set(SQLSTATES) <= exact
+    assert set(SQLSTATE_CLASSES) <= by_class
+
+
+@pytest.mark.parametrize("sqlstate", UNKNOWN_SQLSTATES)
+def test_an_unknown_sqlstate_is_internal_with_a_generic_message(sqlstate: str) -> None:
+    error = error_from_exception(wrapped(pg_error(sqlstate)))
+    assert (error.code, error.reason, error.message) == INTERNAL
+
+
+def test_a_constraint_is_named_in_metadata() -> None:
+    error = error_from_exception(wrapped(pg_error("23505", constraint="clients_email_key")))
+    assert error.metadata == {"constraint": "clients_email_key"}
+
+
+# Foreign keys: the constraint says which reference, the detail says which id.
+MISSING = {
+    "projects_client_id_clients_id_fk": ("CLIENT_NOT_FOUND", "client_id", "clientId"),
+    "sessions_client_id_clients_id_fk": ("CLIENT_NOT_FOUND", "client_id", "clientId"),
+    "sessions_room_id_rooms_id_fk": ("ROOM_NOT_FOUND", "room_id", "roomId"),
+    "sessions_project_id_projects_id_fk": ("PROJECT_NOT_FOUND", "project_id", "projectId"),
+    "tracks_project_id_projects_id_fk": ("PROJECT_NOT_FOUND", "project_id", "projectId"),
+}
+STILL_USED = {
+    "projects_client_id_clients_id_fk": ("CLIENT_HAS_PROJECTS", "clientId"),
+    "sessions_client_id_clients_id_fk": ("CLIENT_HAS_SESSIONS", "clientId"),
+    "sessions_room_id_rooms_id_fk": ("ROOM_HAS_SESSIONS", "roomId"),
+    "tracks_project_id_projects_id_fk": ("PROJECT_HAS_TRACKS", "projectId"),
+    "time_entries_session_id_sessions_id_fk": ("SESSION_HAS_TIME_ENTRIES", "sessionId"),
+    "time_entries_project_id_projects_id_fk": ("PROJECT_HAS_TIME_ENTRIES", "projectId"),
+    "time_entries_track_id_tracks_id_fk": ("TRACK_HAS_TIME_ENTRIES", "trackId"),
+}
+
+
+def test_every_foreign_key_the_mapping_names_has_a_case() -> None:
+    assert set(MISSING) == set(MISSING_REFERENCE)
+    assert set(STILL_USED) == set(STILL_REFERENCED)
+
+
+@pytest.mark.parametrize("constraint", sorted(MISSING))
+def test_a_missing_reference_names_the_id(constraint: str) -> None:
+    reason, column, key = MISSING[constraint]
+    detail = f'Key ({column})=(42) is not present in table "x".'
+    error = error_from_exception(wrapped(pg_error("23503", constraint=constraint, detail=detail)))
+    assert (error.code, error.reason) == (Code.FAILED_PRECONDITION, reason)
+    assert error.metadata == {key: "42"}
+    assert error.message == f"{key.removesuffix('Id')} 42 does not exist"
+
+
+@pytest.mark.parametrize("sqlstate", ["23503", "23001"])  # NO ACTION, RESTRICT (PostgreSQL 18)
+@pytest.mark.parametrize("constraint", sorted(STILL_USED))
+def test_a_refused_delete_names_the_id_and_what_still_refers_to_it(
+    constraint: str, sqlstate: str
+) -> None:
+    reason, key = STILL_USED[constraint]
+    detail = 'Key (id)=(42) is still referenced from table "x".'
+    exc = wrapped(pg_error(sqlstate, constraint=constraint, detail=detail))
+    error = error_from_exception(exc, deleting=True)
+    assert (error.code, error.reason) == (Code.FAILED_PRECONDITION, reason)
+    assert error.metadata == {key: "42"}
+    assert error.message.startswith(f"{key.removesuffix('Id')} 42 ")
+
+
+def test_a_translated_detail_still_gives_the_id() -> None:
+    detail = "La clé (client_id)=(7) n'est pas présente dans la table « clients »."
+    exc = wrapped(pg_error("23503", constraint="projects_client_id_clients_id_fk", detail=detail))
+    assert error_from_exception(exc).metadata == {"clientId": "7"}
+
+
+def test_without_a_detail_the_reference_is_still_named() -> None:
+    exc = wrapped(pg_error("23503", constraint="sessions_room_id_rooms_id_fk"))
+    error = error_from_exception(exc)
+    assert (error.reason, error.message, error.metadata) == (
+        "ROOM_NOT_FOUND",
+        "the room does not exist",
+        {},
+    )
+
+
+def test_an_unknown_foreign_key_is_a_generic_precondition() -> None:
+    exc = wrapped(pg_error("23503", constraint="tracks_recorded_in_room_id_rooms_id_fk"))
+    for deleting in (False, True):
+        error = error_from_exception(exc, deleting=deleting)
+        assert (error.code, error.reason) == (Code.FAILED_PRECONDITION, "REFERENCE_CONSTRAINT")
+        assert error.metadata == {"constraint": "tracks_recorded_in_room_id_rooms_id_fk"}
+
+
+# Exception types, each row an exception the rule of that type (and no earlier one) takes.
+EXCEPTION_CASES: list[tuple[BaseException, Code, str]] = [
+    (sqlalchemy.exc.TimeoutError("QueuePool limit"), Code.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS"),
+    (wrapped(psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")),
+     Code.INVALID_ARGUMENT, "UNSTORABLE_VALUE"),
+    (TimeoutError(), Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
+    (TimeoutError("asyncio.timeout"), Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
+    (wrapped(psycopg.OperationalError("connection refused")),
+     Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
+    (psycopg.OperationalError("server closed the connection"),
+     Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
+    (pg_error("28P01"), Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),  # an operational SQLSTATE
+    (ConnectionRefusedError(), Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
+    (OSError("no route to host"), Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("exc", "code", "reason"), EXCEPTION_CASES, ids=repr)
+def test_each_exception_type_maps_to_its_code_and_reason(
+    exc: BaseException, code: Code, reason: str
+) -> None:
+    assert outcome(exc) == (code, reason)
+
+
+def test_every_exception_type_the_mapping_names_has_a_case() -> None:
+    taken_by = {
+        next(kind for kind, _rule in EXCEPTIONS if isinstance(exc, kind))
+        for exc, _code, _reason in EXCEPTION_CASES
+    }
+    assert taken_by == {kind for kind, _rule in EXCEPTIONS}
+
+
+def test_no_exception_rule_is_hidden_behind_an_earlier_one() -> None:
+    """The first match wins: a rule after one for its base class would never run (as the
+    DEADLINE_EXCEEDED rule did behind OSError, TimeoutError's base)."""
+    kinds = [kind for kind, _rule in EXCEPTIONS]
+    for later, kind in enumerate(kinds):
+        assert not any(issubclass(kind, earlier) for earlier in kinds[:later]), kind
+
+
+def test_a_lost_connection_is_unavailable_whatever_the_error() -> None:
+    exc = wrapped(pg_error("42P01"), invalidated=True)
+    assert outcome(exc) == (Code.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+
+
+@pytest.mark.parametrize(
+    "exc", [ValueError("x"), KeyError("k"), AssertionError(), wrapped(psycopg.InterfaceError())]
+)
+def test_anything_else_is_internal_with_a_generic_message(exc: BaseException) -> None:
+    error = error_from_exception(exc)
+    assert (error.code, error.reason, error.message) == INTERNAL
+    assert error.metadata == {}
+
+
+def test_a_typed_error_passes_through() -> None:
+    error = NotFound("SESSION_NOT_FOUND", "session 3 does not exist")
+    assert error_from_exception(error) is error
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "retryable"),
+    [("40001", True), ("40P01", True), ("55P03", False), ("23505", False), ("57P01", False)],
+)
+def test_only_serialization_failures_and_deadlocks_are_retried(
+    sqlstate: str, retryable: bool
+) -> None:
+    assert is_retryable(wrapped(pg_error(sqlstate))) is retryable
+    assert is_retryable(pg_error(sqlstate)) is retryable
+    assert is_retryable(TimeoutError()) is False
+
+
+def test_the_status_carries_error_info_with_the_request_id() -> None:
+    error: ApiError = NotFound("ROOM_NOT_FOUND", "room 9 does not exist", metadata={"roomId": "9"})
+    status = to_status(error, "req-1")
+    assert status.code is Code.NOT_FOUND
+    parsed = rpc_status.status_pb2.Status.FromString(dict(status.trailing_metadata)[
+        rpc_status.GRPC_DETAILS_METADATA_KEY
+    ])  # fmt: skip
+    info = ErrorInfo()
+    assert parsed.details[0].Unpack(info)
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "ROOM_NOT_FOUND",
+        "studio.v1",
+        {"roomId": "9", "requestId": "req-1"},
+    )
