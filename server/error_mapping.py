@@ -17,6 +17,7 @@ from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
 from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
 
+from db.connection_budget import ConnectionBudgetExhausted
 from server.errors import (
     Aborted,
     AlreadyExists,
@@ -144,6 +145,10 @@ STILL_REFERENCED: dict[str, Reference] = {
 # By exception type, for what is not a database error with a SQLSTATE; the first match
 # wins, so a subclass comes before its base (TimeoutError is an OSError).
 EXCEPTIONS: tuple[tuple[type[BaseException], Rule], ...] = (
+    (ConnectionBudgetExhausted, Rule(  # the process holds all the connections it may
+        ResourceExhausted, "DATABASE_CONNECTIONS_EXHAUSTED",
+        "this server holds all the database connections it may; retry shortly",
+    )),
     (sqlalchemy.exc.TimeoutError, Rule(  # no pooled connection in time
         ResourceExhausted, "TOO_MANY_CALLS", "too many calls for this studio right now"
     )),

@@ -265,7 +265,8 @@ def test_a_hundred_busy_studios_never_take_a_process_past_its_connection_cap(
             assert all(h.result().session.title == "Held" for h in holders)
         assert set(outcomes) <= {
             (grpc.StatusCode.OK, ""),
-            (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS"),
+            (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS"),  # the studio's own pool
+            (grpc.StatusCode.RESOURCE_EXHAUSTED, "DATABASE_CONNECTIONS_EXHAUSTED"),  # the process's
         }, set(outcomes)
         assert seen.peak <= CAP, f"{seen.peak} connections seen against a cap of {CAP}"
         assert seen.peak > HOLDING  # the studios did share the budget

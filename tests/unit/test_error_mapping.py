@@ -16,6 +16,7 @@ from google.rpc.error_details_pb2 import ErrorInfo
 from grpc_status import rpc_status
 from psycopg.pq import DiagnosticField
 
+from db.connection_budget import ConnectionBudgetExhausted
 from server.error_mapping import (
     EXCEPTIONS,
     MISSING_REFERENCE,
@@ -185,6 +186,8 @@ def test_an_unknown_foreign_key_is_a_generic_precondition() -> None:
 
 # Exception types, each row an exception the rule of that type (and no earlier one) takes.
 EXCEPTION_CASES: list[tuple[BaseException, Code, str]] = [
+    (ConnectionBudgetExhausted("no slot"), Code.RESOURCE_EXHAUSTED,
+     "DATABASE_CONNECTIONS_EXHAUSTED"),
     (sqlalchemy.exc.TimeoutError("QueuePool limit"), Code.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS"),
     (wrapped(psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")),
      Code.INVALID_ARGUMENT, "UNSTORABLE_VALUE"),
