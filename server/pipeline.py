@@ -5,7 +5,7 @@
 
 Each middleware is a small function `(call, next) -> response`. Only `map_errors` talks to
 gRPC about failures; everything inside raises `ApiError`s (or lets database errors through).
-A method the server does not have takes the same path up to the size limit, and is then
+A method the server does not have takes the same path up to the limits, and is then
 answered UNIMPLEMENTED (`UnknownMethods`): it is logged and carries ErrorInfo too.
 """
 
@@ -161,7 +161,7 @@ async def _no_handler(ctx: Ctx, request: Message) -> Message:
     raise AssertionError("an unknown method has no procedure")  # pragma: no cover
 
 
-# What a call to a method the server does not have runs as: nothing beyond the size limit.
+# What a call to a method the server does not have runs as (its request is never read).
 UNKNOWN_PROCEDURE = Procedure(
     service="", name="", request_type=Empty, response_type=Empty, handler=_no_handler,
     query=True, single_statement=True,
@@ -357,7 +357,10 @@ class UnknownMethods(grpc.GenericRpcHandler):
         method = str(handler_call_details.method)
         pipeline = self.pipeline
 
-        async def handle(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-            return await pipeline.run(method, UNKNOWN_PROCEDURE, raw, context)
+        # A streaming handler: the answer comes without reading the request, whatever kind
+        # of call the caller thought it made (a unary handler would wait for a message that
+        # a streaming caller may never send).
+        async def refuse(requests: object, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+            await pipeline.run(method, UNKNOWN_PROCEDURE, b"", context)
 
-        return grpc.unary_unary_rpc_method_handler(handle)
+        return grpc.stream_stream_rpc_method_handler(refuse)

@@ -7,6 +7,9 @@ import json
 import os
 import re
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,6 +51,31 @@ def test_an_unknown_method_is_unimplemented_with_error_info_and_logged(
     assert (entry["method"], entry["code"], entry["reason"]) == (
         method, "UNIMPLEMENTED", "UNKNOWN_METHOD"
     )  # fmt: skip
+
+
+def test_an_unknown_streaming_method_is_answered_without_waiting_for_a_request(
+    api_server: ApiServer,
+) -> None:
+    """buf curl asks for reflection v1 first (we serve v1alpha), on a stream it keeps open."""
+    answered = threading.Event()
+
+    def nothing_until_answered() -> Iterator[bytes]:
+        answered.wait(10)
+        yield from ()
+
+    method = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+    started = time.monotonic()
+    with grpc.insecure_channel(api_server.address) as channel:
+        call = channel.stream_stream(method)(
+            nothing_until_answered(), metadata=[("x-request-id", "unknown-stream")], timeout=10
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            next(call)
+        answered.set()
+    assert time.monotonic() - started < 5  # not at the deadline
+    got = failure(raised.value)
+    assert (got.code, got.reason) == (grpc.StatusCode.UNIMPLEMENTED, "UNKNOWN_METHOD")
+    wait_for_call(api_server.server, lambda e: e["request_id"] == "unknown-stream")
 
 
 def test_the_methods_we_have_are_not_caught_by_the_unknown_method_fallback(
