@@ -127,15 +127,22 @@ def _pack(message: ErrorInfo | BadRequest | Struct) -> any_pb2.Any:
 def _readable(info: ErrorInfo, error: ApiError) -> Struct:
     """ErrorInfo and the field violations again, as a google.protobuf.Struct: a tool that
     decodes only the types compiled into it prints this one (buf curl shows it as "debug";
-    for the others it prints base64 whatever reflection serves)."""
+    for the others it prints base64 whatever reflection serves). Filled field by field:
+    Struct.update() takes twice as long."""
     readable = Struct()
-    readable.update({"reason": info.reason, "domain": info.domain, "metadata": dict(info.metadata)})
+    _strings(readable, reason=info.reason, domain=info.domain)
+    _strings(readable.fields["metadata"].struct_value, **info.metadata)
     if error.field_violations:
-        readable["fieldViolations"] = [
-            {"field": v.field, "description": v.description, "reason": v.reason}
-            for v in error.field_violations
-        ]
+        violations = readable.fields["fieldViolations"].list_value.values
+        for v in error.field_violations:
+            _strings(violations.add().struct_value, field=v.field, description=v.description,
+                     reason=v.reason)  # fmt: skip
     return readable
+
+
+def _strings(struct: Struct, **values: str) -> None:
+    for key, value in values.items():
+        struct.fields[key].string_value = value
 
 
 def to_status(error: ApiError, request_id: str) -> grpc.Status:
