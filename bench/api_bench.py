@@ -289,13 +289,14 @@ def count_ok(log_file: Path, method: str, since: int) -> tuple[int, int]:
     with log_file.open() as f:
         f.seek(since)
         for line in f:
-            if " studio.call " not in line:
+            if not line.endswith("\n"):  # still being written as we read: not counted
+                break
+            entry = json.loads(line)  # the server's log is JSON lines
+            if entry["logger"] != "studio.call":
                 continue
-            text = line.split(" studio.call ", 1)[1]
-            if not text.startswith("{"):  # an unexpected error's report: show it
+            if "method" not in entry or "code" not in entry:  # an unexpected error: show it
                 print(f"server: {line.rstrip()}", file=sys.stderr)
                 continue
-            entry = json.loads(text)
             # CANCELLED: calls in flight when h2load closed its connections at the end of the run
             if entry["method"].endswith(method) and entry["code"] != "CANCELLED":
                 ok, bad = (ok + 1, bad) if entry["code"] == "OK" else (ok, bad + 1)

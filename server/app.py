@@ -97,9 +97,9 @@ async def start_app(
             authenticator,
             engines,
             FailedAuthThrottle(per_second=auth_failures_per_second),
+            max_concurrent_calls=max_concurrent_calls,
         ),
         ROUTERS,
-        max_concurrent_calls=max_concurrent_calls,
         tls=tls,
     )
     app = App(serving, engines, authenticator)

@@ -41,6 +41,10 @@ class BatchedStreamHandler(logging.Handler):
         except Exception:  # noqa: BLE001 (logging's contract: report, never raise)
             self.handleError(record)
             return
+        self.write_line(line)
+
+    def write_line(self, line: str) -> None:
+        """Queue a line formatted elsewhere (a child process's log line), in order with ours."""
         self._pending.append(line + "\n")
         if len(self._pending) >= FLUSH_AT_LINES:
             self._wake.set()

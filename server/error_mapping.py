@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import psycopg
 import sqlalchemy.exc
 from google.protobuf import any_pb2
+from google.protobuf.struct_pb2 import Struct
 from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
 from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
@@ -229,14 +230,36 @@ def error_from_exception(exc: BaseException, *, deleting: bool = False) -> ApiEr
     return _rule_error(rule, orig)
 
 
-def _pack(message: ErrorInfo | BadRequest) -> any_pb2.Any:
+def _pack(message: ErrorInfo | BadRequest | Struct) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
 
 
+def _readable(info: ErrorInfo, error: ApiError) -> Struct:
+    """ErrorInfo and the field violations again, as a google.protobuf.Struct: a tool that
+    decodes only the types compiled into it prints this one (buf curl shows it as "debug";
+    for the others it prints base64 whatever reflection serves). Filled field by field:
+    Struct.update() takes twice as long."""
+    readable = Struct()
+    _strings(readable, reason=info.reason, domain=info.domain)
+    _strings(readable.fields["metadata"].struct_value, **info.metadata)
+    if error.field_violations:
+        violations = readable.fields["fieldViolations"].list_value.values
+        for v in error.field_violations:
+            _strings(violations.add().struct_value, field=v.field, description=v.description,
+                     reason=v.reason)  # fmt: skip
+    return readable
+
+
+def _strings(struct: Struct, **values: str) -> None:
+    for key, value in values.items():
+        struct.fields[key].string_value = value
+
+
 def to_status(error: ApiError, request_id: str) -> grpc.Status:
-    """google.rpc.Status with ErrorInfo (always) and BadRequest (for field violations)."""
+    """google.rpc.Status with ErrorInfo (always), BadRequest (for field violations), and both
+    in a Struct, readable by tools without their descriptors."""
     info = ErrorInfo(
         reason=error.reason,
         domain=DOMAIN,
@@ -256,6 +279,7 @@ def to_status(error: ApiError, request_id: str) -> grpc.Status:
                 )
             )
         )
+    details.append(_pack(_readable(info, error)))
     return rpc_status.to_status(
         Status(code=error.code.value[0], message=error.message, details=details)
     )

@@ -24,6 +24,7 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
 ]
 
 
@@ -102,6 +103,12 @@ class Unavailable(ApiError):
     """Try the same call again later (the database is unreachable, the server is stopping)."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unimplemented(ApiError):
+    """No such method (or service) on this server."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class Internal(ApiError):

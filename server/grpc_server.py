@@ -10,13 +10,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.pipeline import Pipeline, method_handlers
+from server.pipeline import MAX_REQUEST_BYTES, Pipeline, UnknownMethods, method_handlers
 
 if TYPE_CHECKING:
     from server.router import Router
 
 __all__ = ["ServingServer", "TlsFiles", "start_server"]
 
+# grpc refuses a larger request itself, before our code sees it (RESOURCE_EXHAUSTED without
+# ErrorInfo or a log line). Up to here, the pipeline refuses it with MESSAGE_TOO_LARGE; the
+# ceiling bounds what one call may make us hold in memory.
+RECEIVE_CEILING_BYTES = 4 * MAX_REQUEST_BYTES
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -69,14 +73,16 @@ async def start_server(
     pipeline: Pipeline,
     routers: tuple[Router, ...],
     *,
-    max_concurrent_calls: int | None = None,
     tls: TlsFiles | None = None,
 ) -> ServingServer:
     # SO_REUSEPORT: several worker processes may listen on one port (`serve --workers N`),
-    # and the kernel spreads new connections over them. Past max_concurrent_calls, grpc
-    # answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
+    # and the kernel spreads new connections over them. The pipeline limits calls in flight
+    # and request sizes itself (with ErrorInfo and a log line, which grpc's limits lack).
     server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 1)], maximum_concurrent_rpcs=max_concurrent_calls
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", RECEIVE_CEILING_BYTES),
+        ]
     )
     services = []
     for router in routers:
@@ -95,6 +101,7 @@ async def start_server(
         ],
         server,
     )
+    server.add_generic_rpc_handlers((UnknownMethods(pipeline),))  # last: grpc asks in order
     address = f"{host}:{port}"
     bound = (
         server.add_secure_port(address, tls.credentials())

@@ -1,17 +1,18 @@
 """The middleware every call goes through, outermost first:
 
-    log_call -> map_errors -> apply_deadline -> authenticate -> parse_and_validate
-             -> in_transaction -> the procedure
+    log_call -> map_errors -> limit_calls -> limit_size -> apply_deadline -> authenticate
+             -> parse_and_validate -> in_transaction -> the procedure
 
 Each middleware is a small function `(call, next) -> response`. Only `map_errors` talks to
 gRPC about failures; everything inside raises `ApiError`s (or lets database errors through).
+A method the server does not have takes the same path up to the limits, and is then
+answered UNIMPLEMENTED (`UnknownMethods`): it is logged and carries ErrorInfo too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 import uuid
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
+from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import DecodeError, Message
 
 from server.auth_throttle import FailedAuthThrottle, peer_host
@@ -31,8 +33,11 @@ from server.errors import (
     Internal,
     InvalidArgument,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
+    Unimplemented,
 )
+from server.router import Procedure
 from server.validation import validate
 
 if TYPE_CHECKING:
@@ -40,18 +45,25 @@ if TYPE_CHECKING:
 
     from db.tenant_engines import TenantEngines
     from server.auth import Authenticator, Principal
-    from server.router import Procedure
 
-__all__ = ["Call", "Pipeline", "method_handlers"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "Call",
+    "Pipeline",
+    "UnknownMethods",
+    "method_handlers",
+]
 
 log = logging.getLogger("studio.call")
 MAX_REQUEST_ID = 128
+MAX_REQUEST_BYTES = 4 * 1024 * 1024  # a serialized request; more is MESSAGE_TOO_LARGE
 TRANSACTION_ATTEMPTS = 3
 
 
 @dataclass
 class Call:
-    procedure: Procedure
+    method: str  # the path called: "/studio.v1.SessionService/GetSession"
+    procedure: Procedure  # UNKNOWN_PROCEDURE when the server has no such method
     raw: bytes
     context: grpc.aio.ServicerContext[bytes, bytes]
     metadata: Metadata  # the call's invocation metadata, read once
@@ -81,7 +93,9 @@ def _request_id(metadata: Metadata) -> str:
 
 
 async def log_call(call: Call, next_: Next) -> Message:
-    """One structured line per call: method, code, duration, tenant, request id (no key)."""
+    """One line per call: method, code, duration, tenant, key prefix (never the key), request
+    id, and the reason of a failure. A dict: the JSON formatter writes its fields as the
+    line's (server/log_format.py)."""
     started = time.perf_counter()
     code = "OK"
     try:
@@ -95,7 +109,7 @@ async def log_call(call: Call, next_: Next) -> Message:
         raise
     finally:
         record = {
-            "method": call.procedure.path,
+            "method": call.method,
             "code": code,
             "ms": round((time.perf_counter() - started) * 1000, 2),
             "tenant": call.principal.tenant.slug if call.principal else None,
@@ -104,7 +118,7 @@ async def log_call(call: Call, next_: Next) -> Message:
         }
         if call.error is not None:
             record["reason"] = call.error.reason
-        log.info(json.dumps(record))
+        log.info(record)
 
 
 async def map_errors(call: Call, next_: Next) -> Message:
@@ -116,11 +130,42 @@ async def map_errors(call: Call, next_: Next) -> Message:
     except Exception as exc:
         error = error_from_exception(exc, deleting=call.procedure.deletes)
         if isinstance(error, Internal) and not isinstance(exc, ApiError):
-            log.error("unexpected error in %s (request %s)", call.procedure.path,
-                      call.request_id, exc_info=exc)  # fmt: skip
+            log.error({"msg": "unexpected error", "method": call.method,
+                       "request_id": call.request_id}, exc_info=exc)  # fmt: skip
         call.error = error
     await call.context.abort_with_status(to_status(call.error, call.request_id))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+async def limit_size(call: Call, next_: Next) -> Message:
+    """Our limit on a request's size, with ErrorInfo; grpc itself accepts up to a ceiling
+    above it (server/grpc_server.py), so that a request a little too large reaches us."""
+    if len(call.raw) > MAX_REQUEST_BYTES:
+        raise ResourceExhausted(
+            "MESSAGE_TOO_LARGE",
+            f"the request is {len(call.raw)} bytes; at most {MAX_REQUEST_BYTES} are accepted",
+            metadata={"limitBytes": str(MAX_REQUEST_BYTES), "sizeBytes": str(len(call.raw))},
+        )
+    return await next_(call)
+
+
+async def refuse_unknown_method(call: Call) -> Message:
+    raise Unimplemented(
+        "UNKNOWN_METHOD",
+        f"this server has no method {call.method} (server reflection lists those it has)",
+        metadata={"method": call.method},
+    )
+
+
+async def _no_handler(ctx: Ctx, request: Message) -> Message:
+    raise AssertionError("an unknown method has no procedure")  # pragma: no cover
+
+
+# What a call to a method the server does not have runs as (its request is never read).
+UNKNOWN_PROCEDURE = Procedure(
+    service="", name="", request_type=Empty, response_type=Empty, handler=_no_handler,
+    query=True, single_statement=True,
+)  # fmt: skip
 
 
 def _bound(middleware: Middleware, next_: Next) -> Next:
@@ -130,38 +175,76 @@ def _bound(middleware: Middleware, next_: Next) -> Next:
     return call_with_rest
 
 
+def _compose(middleware: tuple[Middleware, ...], last: Next) -> Next:
+    """The chain, composed once: each middleware bound to the rest of the chain."""
+    chain = last
+    for step in reversed(middleware):
+        chain = _bound(step, chain)
+    return chain
+
+
 class Pipeline:
     def __init__(
         self,
         authenticator: Authenticator,
         engines: TenantEngines,
         throttle: FailedAuthThrottle | None = None,
+        *,
+        max_concurrent_calls: int | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.engines = engines
         self.throttle = throttle or FailedAuthThrottle()
-        middleware: tuple[Middleware, ...] = (
+        self.max_concurrent_calls = max_concurrent_calls
+        self.in_flight = 0
+        admission: tuple[Middleware, ...] = (
             log_call,
             map_errors,
-            self.apply_deadline,
-            self.authenticate,
-            self.parse_and_validate,
-            self.in_transaction,
+            *((self.limit_calls,) if max_concurrent_calls is not None else ()),
+            limit_size,
         )
-        # The chain is composed once: each middleware bound to the rest of the chain.
-        chain: Next = self.invoke
-        for step in reversed(middleware):
-            chain = _bound(step, chain)
-        self.chain = chain
+        self.chain = _compose(
+            (
+                *admission,
+                self.apply_deadline,
+                self.authenticate,
+                self.parse_and_validate,
+                self.in_transaction,
+            ),
+            self.invoke,
+        )
+        self.unknown_method_chain = _compose(admission, refuse_unknown_method)
 
     async def run(
-        self, procedure: Procedure, raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+        self,
+        method: str,
+        procedure: Procedure,
+        raw: bytes,
+        context: grpc.aio.ServicerContext[bytes, bytes],
     ) -> bytes:
         metadata = tuple(context.invocation_metadata() or ())
-        call = Call(procedure, raw, context, metadata, _request_id(metadata))
-        response = await self.chain(call)
+        call = Call(method, procedure, raw, context, metadata, _request_id(metadata))
+        chain = self.unknown_method_chain if procedure is UNKNOWN_PROCEDURE else self.chain
+        response = await chain(call)
         context.set_trailing_metadata((("x-request-id", call.request_id),))
         return response.SerializeToString()
+
+    async def limit_calls(self, call: Call, next_: Next) -> Message:
+        """At most `max_concurrent_calls` in flight; more are refused at once rather than
+        queued without bound. A plain counter: the event loop runs one call at a time."""
+        assert self.max_concurrent_calls is not None
+        if self.in_flight >= self.max_concurrent_calls:
+            raise ResourceExhausted(
+                "TOO_MANY_CALLS",
+                f"this server is at its limit of {self.max_concurrent_calls} calls in flight;"
+                " retry with backoff",
+                metadata={"maxConcurrentCalls": str(self.max_concurrent_calls)},
+            )
+        self.in_flight += 1
+        try:
+            return await next_(call)
+        finally:
+            self.in_flight -= 1
 
     async def apply_deadline(self, call: Call, next_: Next) -> Message:
         """A call whose deadline has already passed does no work. When it passes during the
@@ -258,9 +341,34 @@ def method_handlers(
     that are not a valid message get INVALID_ARGUMENT rather than grpcio's UNKNOWN."""
 
     def behavior(procedure: Procedure) -> Callable[..., Awaitable[bytes]]:
+        method = procedure.path
+
         async def handle(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-            return await pipeline.run(procedure, raw, context)
+            return await pipeline.run(method, procedure, raw, context)
 
         return handle
 
     return {p.name: grpc.unary_unary_rpc_method_handler(behavior(p)) for p in procedures}
+
+
+class UnknownMethods(grpc.GenericRpcHandler):
+    """Answers every method no other handler has, through the pipeline: UNIMPLEMENTED with
+    ErrorInfo, and a log line, where grpc alone would answer a bare UNIMPLEMENTED. Added
+    after every other handler: grpc asks them in order."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[bytes, bytes]:
+        method = str(handler_call_details.method)
+        pipeline = self.pipeline
+
+        # A streaming handler: the answer comes without reading the request, whatever kind
+        # of call the caller thought it made (a unary handler would wait for a message that
+        # a streaming caller may never send).
+        async def refuse(requests: object, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+            await pipeline.run(method, UNKNOWN_PROCEDURE, b"", context)
+
+        return grpc.stream_stream_rpc_method_handler(refuse)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from db.local_postgres import LocalPostgres
 from studio.v1 import client_pb2, project_pb2, room_pb2, session_pb2
 from tests.api import Api, failure
+from tests.call_log import wait_for_call
 from tests.conftest import ApiServer, Tenant
 from tests.serving import STUDIO, start_serve
 
@@ -209,23 +209,13 @@ def test_every_call_is_logged_once_with_its_outcome_and_never_the_key(
             metadata=[("x-request-id", request_id)],
             timeout=10,
         )
-    deadline = time.monotonic() + 5  # lines are written in batches, every 50 ms
-    while not (entries := _call_log(api_server, request_id)):
-        assert time.monotonic() < deadline, "no log line for the call"
-        time.sleep(0.05)
-    [entry] = entries
+    entry = wait_for_call(api_server.server, lambda e: e["request_id"] == request_id)
     assert entry["method"] == "/studio.v1.ClientService/GetClient"
     assert entry["code"] == "NOT_FOUND"
     assert entry["reason"] == "CLIENT_NOT_FOUND"
     assert entry["tenant"] == studio.slug
     assert isinstance(entry["ms"], float)
     assert studio.key not in "".join(api_server.server.output)
-
-
-def _call_log(api_server: ApiServer, request_id: str) -> list[dict[str, object]]:
-    lines = [json.loads(line.split(" ", 3)[3]) for line in list(api_server.server.output)
-             if " studio.call " in line]  # fmt: skip
-    return [e for e in lines if e["request_id"] == request_id]
 
 
 def test_health_follows_the_master_database(tmp_path: Path) -> None:

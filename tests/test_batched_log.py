@@ -86,3 +86,21 @@ def test_lines_from_many_threads_are_all_written_whole() -> None:
     assert sorted(lines) == sorted(f"t{t}-{n}" for t in range(4) for n in range(5_000))
     for t in range(4):  # each thread's own lines keep their order
         assert [x for x in lines if x.startswith(f"t{t}-")] == [f"t{t}-{n}" for n in range(5_000)]
+
+
+def test_lines_written_as_they_are_keep_their_place_among_records() -> None:
+    """A worker's lines, relayed as they are (server/log_setup.py), and our own records
+    leave in the order they came."""
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=0.0005)
+    logger = _logger(handler, "test.batched.raw")
+    try:
+        for n in range(20_000):
+            if n % 2:
+                handler.write_line(f"line {n}")
+            else:
+                logger.info("line %d", n)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert stream.getvalue().splitlines() == [f"line {n}" for n in range(20_000)]

@@ -46,7 +46,7 @@ def test_grpcurl_lists_describes_calls_and_reads_error_details(
                        flags=("-H", auth, "-d", '{"id": "424242"}'))  # fmt: skip
     assert missing.returncode != 0
     assert "Code: NotFound" in missing.stderr
-    detail = json.loads(missing.stderr.split("1)", 1)[1])
+    detail = json.loads(missing.stderr.split("1)", 1)[1].split("2)", 1)[0])
     assert detail["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
     assert detail["reason"] == "SESSION_NOT_FOUND"
 
@@ -78,3 +78,24 @@ def test_buf_curl_lists_calls_and_reads_error_details(
         "INVALID_ARGUMENT"
     )
     assert any(d["type"] == "google.rpc.BadRequest" for d in error["details"])
+
+
+def test_buf_curl_shows_error_details_decoded(api_server: ApiServer, studio: Tenant) -> None:
+    """buf curl decodes a detail only when its type is compiled into buf (reflection does
+    not help: it prints ErrorInfo as base64 even though reflection serves its descriptor),
+    so the details come a second time as a google.protobuf.Struct, which buf prints."""
+    base = f"http://{api_server.address}"
+    auth = f"authorization: Bearer {studio.key}"
+    missing = _buf_curl(api_server, "-H", auth, "-d", '{"id": "424242"}',
+                        f"{base}/studio.v1.SessionService/GetSession")  # fmt: skip
+    assert missing.returncode != 0
+    assert '"reason": "SESSION_NOT_FOUND"' in missing.stderr  # as a person reads it
+    [readable] = [d["debug"] for d in json.loads(missing.stderr)["details"] if "debug" in d]
+    assert readable["domain"] == "studio.v1"
+    assert readable["metadata"]["requestId"]
+
+    invalid = _buf_curl(api_server, "-H", auth, "-d", '{"session": {"clientId": "1"}}',
+                        f"{base}/studio.v1.SessionService/CreateSession")  # fmt: skip
+    [readable] = [d["debug"] for d in json.loads(invalid.stderr)["details"] if "debug" in d]
+    assert readable["reason"] == "INVALID_ARGUMENT"
+    assert {"session.room_id", "session.title"} <= {v["field"] for v in readable["fieldViolations"]}

@@ -11,6 +11,7 @@ import pytest
 
 from studio.v1 import client_pb2, session_pb2
 from tests.api import Api, failure
+from tests.call_log import wait_for_call
 from tests.conftest import ApiServer
 from tests.row_lock import RowLock, lock_waiters
 from tests.serving import start_serve
@@ -42,9 +43,19 @@ def test_calls_beyond_the_limit_get_resource_exhausted_at_once_and_the_server_re
                 time.sleep(0.05)
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as raised:
-                api.clients.ListClients(client_pb2.ListClientsRequest(), timeout=10)
-            assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                api.clients.ListClients(
+                    client_pb2.ListClientsRequest(),
+                    metadata=[("x-request-id", "one-too-many")],
+                    timeout=10,
+                )
             assert time.monotonic() - started < 1.0  # refused, not queued
+            refused = failure(raised.value)  # with ErrorInfo, whose domain this checks
+            assert (refused.code, refused.reason) == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS"
+            )  # fmt: skip
+            assert refused.metadata["maxConcurrentCalls"] == str(LIMIT)
+            entry = wait_for_call(server, lambda e: e["request_id"] == "one-too-many")
+            assert (entry["code"], entry["reason"]) == ("RESOURCE_EXHAUSTED", "TOO_MANY_CALLS")
             rss_before = _rss_mb(server.process.pid)
             with ThreadPoolExecutor(32) as flood:  # far more than it can serve, at once
                 codes = list(flood.map(lambda _: _code_of(api), range(500)))
@@ -75,13 +86,30 @@ def _code_of(api: Api) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def test_an_oversized_message_is_resource_exhausted(api_server: ApiServer) -> None:
+def test_an_oversized_message_is_resource_exhausted_with_error_info_and_logged(
+    api_server: ApiServer,
+) -> None:
     tenant = api_server.new_tenant("huge")
     api = api_server.api(tenant.key)
     try:
         huge = client_pb2.Client(name="x", notes="n" * (5 * 1024 * 1024))
         with pytest.raises(grpc.RpcError) as raised:
-            api.clients.CreateClient(client_pb2.CreateClientRequest(client=huge), timeout=10)
+            api.clients.CreateClient(
+                client_pb2.CreateClientRequest(client=huge),
+                metadata=[("x-request-id", "too-large")],
+                timeout=10,
+            )
+        got = failure(raised.value)  # with ErrorInfo, whose domain this checks
+        assert (got.code, got.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "MESSAGE_TOO_LARGE")
+        assert got.metadata["limitBytes"] == str(4 * 1024 * 1024)  # the README's 4 MiB
+        entry = wait_for_call(api_server.server, lambda e: e["request_id"] == "too-large")
+        assert (entry["method"], entry["code"], entry["reason"]) == (
+            "/studio.v1.ClientService/CreateClient", "RESOURCE_EXHAUSTED", "MESSAGE_TOO_LARGE"
+        )  # fmt: skip
+        # Past grpc's own ceiling (4 times as much), grpc refuses it before our code runs.
+        larger = client_pb2.Client(name="x", notes="n" * (17 * 1024 * 1024))
+        with pytest.raises(grpc.RpcError) as raised:
+            api.clients.CreateClient(client_pb2.CreateClientRequest(client=larger), timeout=10)
         assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert not api.clients.ListClients(client_pb2.ListClientsRequest()).clients
     finally:

@@ -52,6 +52,9 @@ def test_the_readme_books_a_session_into_a_project_and_unlinks_it(
     assert "projectId" not in unlinked["session"]  # type: ignore[operator]
     assert "projectId" not in got["session"]  # type: ignore[operator]
     assert got["session"]["title"] == "Drums"  # type: ignore[index]
+    [error] = _json_values(result.stderr)  # the last call's, readable as it is
+    assert error["code"] == "not_found"
+    assert '"reason": "SESSION_NOT_FOUND"' in result.stderr
 
 
 def test_the_readme_python_snippet_books_and_unlinks(databases: Databases, tmp_path: Path) -> None:

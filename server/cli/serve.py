@@ -13,10 +13,10 @@ from pathlib import Path
 
 from db.local_postgres import free_port
 from server.app import start_app
-from server.batched_log import BatchedStreamHandler
 from server.cli._common import configured_database_url, default_data_dir
 from server.database_setup import ensure_demo_tenant, migrate_all, open_databases
 from server.grpc_server import TlsFiles
+from server.log_setup import json_logging
 
 __all__ = ["add_parser"]
 
@@ -130,6 +130,7 @@ def announce(line: str) -> None:
 
 
 EXIT_USAGE = 2  # as argparse exits on a bad command line
+EXIT_UNEXPECTED = 1  # as Python exits on an uncaught exception
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,18 +141,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    # Log lines are written in batches by a thread: a write that blocks (a slow disk, a full
-    # pipe) must not stall the event loop, and one write per call would cost more than the
-    # call's SQL. Records carry no caller, thread or process fields: nothing prints them.
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    logging._srcfile = None  # no caller lookup per record (logging's documented switch)
-    writer = BatchedStreamHandler(sys.stderr)
-    writer.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[writer])
-    try:
-        return asyncio.run(_serve(args))
-    finally:
-        writer.close()
+    # JSON lines on stderr, written in batches by a thread: a write that blocks (a slow disk,
+    # a full pipe) must not stall the event loop (server/log_setup.py).
+    with json_logging():
+        try:
+            return asyncio.run(_serve(args))
+        except Exception:  # the traceback goes in the log line, as every other one
+            log.critical("studio serve stopped on an unexpected error", exc_info=True)
+            return EXIT_UNEXPECTED
 
 
 async def _serve(args: argparse.Namespace) -> int:
