@@ -283,6 +283,12 @@ def test_a_running_embedded_cluster_is_used_and_left_running(tmp_path: Path) -> 
         assert made.returncode == 0, made.stderr
         listed = run_studio("tenants", "list", "--json", data_dir=tmp_path)  # STUDIO_DATA_DIR
         assert [row["slug"] for row in json_lines(listed.stdout)] == ["embedded"]
+        status = run_studio("migrate", "status", "--json", "--data-dir", str(tmp_path))
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert [r.get("target") for r in json_lines(status.stdout)[:-1]] == [
+            "master",
+            "tenant embedded",
+        ]
         assert cluster.running_port() == port  # still running for `studio serve`
     finally:
         cluster.stop("immediate")

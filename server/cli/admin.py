@@ -256,5 +256,8 @@ async def _revoke_key(args: argparse.Namespace, master_url: str) -> int:
     if not revoked:
         print(f"studio keys revoke: no active key {shown}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"revoked {shown}; calls with it fail within the server's key cache time (5 s)")
+    print(
+        f"revoked {shown}; calls with it fail once the server's key cache expires "
+        "(serve --key-cache-seconds, 5 s by default)"
+    )
     return 0
