@@ -7,7 +7,10 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -259,19 +262,31 @@ def test_studio_data_dir_is_read_like_data_dir(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_stopped_embedded_cluster_is_not_started_behind_serve(tmp_path: Path) -> None:
-    cluster = LocalPostgres(tmp_path / "pgdata", durable=False)
+@pytest.fixture
+def cluster_dir() -> Iterator[Path]:
+    """A data directory the `postgres` OS user can always reach. Not under tmp_path: every
+    pytest session that starts on this machine resets /tmp/pytest-of-<user> to mode 0700,
+    which would lock a cluster there out of its own files."""
+    path = Path(tempfile.mkdtemp(prefix="studio-cli-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_stopped_embedded_cluster_is_not_started_behind_serve(cluster_dir: Path) -> None:
+    cluster = LocalPostgres(cluster_dir / "pgdata", durable=False)
     cluster.init()
     for command in (("keys", "list"), ("migrate", "status")):
-        result = run_studio(*command, "--data-dir", str(tmp_path))
+        result = run_studio(*command, "--data-dir", str(cluster_dir))
         assert result.returncode == 1
         [line] = result.stderr.splitlines()
         assert "is not running: start `studio serve --data-dir" in line
     assert cluster.running_port() is None
 
 
-def test_a_running_embedded_cluster_is_used_and_left_running(tmp_path: Path) -> None:
-    cluster = LocalPostgres(tmp_path / "pgdata", durable=False)
+def test_a_running_embedded_cluster_is_used_and_left_running(cluster_dir: Path) -> None:
+    cluster = LocalPostgres(cluster_dir / "pgdata", durable=False)
     port = cluster.start()
     try:
         master_url = cluster.url(MASTER_DATABASE)
@@ -279,11 +294,11 @@ def test_a_running_embedded_cluster_is_used_and_left_running(tmp_path: Path) -> 
         asyncio.run(run_one(master_url, "master", mode="up"))
 
         made = run_studio("tenants", "create", "--name", "Embedded", "--json",
-                      "--data-dir", str(tmp_path))  # fmt: skip
+                          "--data-dir", str(cluster_dir))  # fmt: skip
         assert made.returncode == 0, made.stderr
-        listed = run_studio("tenants", "list", "--json", data_dir=tmp_path)  # STUDIO_DATA_DIR
+        listed = run_studio("tenants", "list", "--json", data_dir=cluster_dir)  # STUDIO_DATA_DIR
         assert [row["slug"] for row in json_lines(listed.stdout)] == ["embedded"]
-        status = run_studio("migrate", "status", "--json", "--data-dir", str(tmp_path))
+        status = run_studio("migrate", "status", "--json", "--data-dir", str(cluster_dir))
         assert status.returncode == 0, status.stdout + status.stderr
         assert [r.get("target") for r in json_lines(status.stdout)[:-1]] == [
             "master",
