@@ -23,17 +23,22 @@ if TYPE_CHECKING:
 __all__ = [
     "ApiKeyInfo",
     "KeyRecord",
+    "KeyReference",
     "NewApiKey",
     "create_key",
     "find_key",
     "find_keys",
     "list_keys",
+    "masked_key",
     "new_api_key",
+    "parse_key_reference",
     "parse_prefix",
     "revoke_key",
 ]
 
 KEY_PREFIX = "sk_"
+PREFIX_LENGTH = 12
+ELIDED = ("…", "...")  # how `masked_key` ends, as printed and as typed back
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,36 @@ def parse_prefix(plaintext: str) -> str | None:
     if not plaintext.startswith(KEY_PREFIX):
         return None
     prefix, sep, secret = plaintext[len(KEY_PREFIX) :].partition("_")
-    if not sep or len(prefix) != 12 or not secret:
+    if not sep or len(prefix) != PREFIX_LENGTH or not secret:
         return None
     return prefix
+
+
+def masked_key(prefix: str) -> str:
+    """How a key is shown after it was created: `sk_<prefix>_…`."""
+    return f"{KEY_PREFIX}{prefix}_{ELIDED[0]}"
+
+
+@dataclass(frozen=True)
+class KeyReference:
+    """A key an operator names: its prefix, and its hash when the whole key was given."""
+
+    prefix: str
+    sha256: bytes | None
+
+
+def parse_key_reference(text: str) -> KeyReference | None:
+    """The whole key, or the key as listed: `sk_<prefix>_…` (or `...`, or nothing after the
+    prefix), or the bare prefix of `keys list --json`. None if it is none of these."""
+    text = text.strip()
+    if (prefix := parse_prefix(text)) is not None and not text.endswith(ELIDED):
+        return KeyReference(prefix, hashlib.sha256(text.encode()).digest())
+    for elided in ELIDED:
+        text = text.removesuffix(elided)
+    prefix = text.removeprefix(KEY_PREFIX).removesuffix("_")
+    if len(prefix) != PREFIX_LENGTH or not (prefix.isascii() and prefix.isalnum()):
+        return None
+    return KeyReference(prefix, None)
 
 
 def _key_records() -> Select[Any]:
@@ -154,10 +186,13 @@ async def list_keys(conn: AsyncConnection, *, slug: str | None = None) -> list[A
     return [ApiKeyInfo(*row) for row in (await conn.execute(query)).all()]
 
 
-async def revoke_key(conn: AsyncConnection, *, prefix: str) -> bool:
-    result = await conn.execute(
-        update(api_keys)
-        .where(api_keys.c.key_prefix == prefix, api_keys.c.revoked_at.is_(None))
-        .values(revoked_at=func.now())
+async def revoke_key(conn: AsyncConnection, key: KeyReference) -> bool:
+    """Revoke the active key `key` names (a whole key must match its hash, not only its
+    prefix); False if there is none."""
+    query = update(api_keys).where(
+        api_keys.c.key_prefix == key.prefix, api_keys.c.revoked_at.is_(None)
     )
+    if key.sha256 is not None:
+        query = query.where(api_keys.c.key_sha256 == key.sha256)
+    result = await conn.execute(query.values(revoked_at=func.now()))
     return bool(result.rowcount)

@@ -4,28 +4,44 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import cast
 
 from server.cli import admin, migrate, serve
+from server.cli.closed_pipe import ClosedPipeTolerant
+from server.cli.help import StudioParser
 
 __all__ = ["main"]
 
+# Each module adds its own sub-commands: add_parser(commands).
+COMMANDS = [serve.add_parser, migrate.add_parser, admin.add_parser]
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = StudioParser(
         prog="studio",
         description="studio-rpc: a typed gRPC backend for recording studios, "
         "one PostgreSQL database per studio.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve.add_parser(commands)
-    migrate.add_parser(commands)
-    admin.add_parsers(commands)
+    # Every sub-command (and theirs) is a StudioParser: defaults, environment and roles in
+    # every --help, without each module asking for it.
+    commands = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(
+            dest="command", required=True, metavar="COMMAND", parser_class=StudioParser
+        ),
+    )
+    for add_parser in COMMANDS:
+        add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
+    # A reader that goes away (`studio keys list --json | head -1`) must not turn into a
+    # traceback, nor stop a command half way: what it was doing completes, the rest of its
+    # output is dropped, and it exits as it would have.
+    with ClosedPipeTolerant.on_stdout():
+        code: int = args.run(args)
     return code
 
 

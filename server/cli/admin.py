@@ -10,78 +10,137 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
-from sqlalchemy import select
+import psycopg
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from db.api_keys import create_key, list_keys, revoke_key
+from db.api_keys import create_key, list_keys, masked_key, parse_key_reference, revoke_key
 from db.engines import create_engine_for
-from db.local_postgres import LocalPostgres
-from db.master_tables import API_KEY_ROLES, organizations
+from db.master_tables import API_KEY_ROLES
+from db.organizations import list_organizations, organization_id
+from db.tenant_catalog import describe_conninfo, server_of
 from db.tenants import ProvisionError, provision_tenant
-from server.cli._common import EXIT_CONFIG, configured_database_url, default_data_dir
-from server.database_setup import MASTER_DATABASE
+from server.cli._common import (
+    EXIT_CONFIG,
+    NoMasterDatabase,
+    add_data_dir_option,
+    data_dir_of,
+    master_database_url,
+)
 
-__all__ = ["add_parsers"]
+__all__ = ["add_parser"]
 
 EXIT_FAILED = 3
+UNDEFINED_TABLE = "42P01"
+
+EXIT_CODES = """\
+exit codes:
+  0  done
+  1  no master database; no such studio; no such active key
+  2  bad command line
+  3  failed: provisioning failed, or the master database could not be
+     reached or queried"""
+
+Action = Callable[[argparse.Namespace, str], Coroutine[Any, Any, int]]
 
 
-def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    tenants = commands.add_parser("tenants", help="provision studios (tenants)")
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tenants = commands.add_parser(
+        "tenants", help="provision and list studios (tenants)", epilog=EXIT_CODES
+    )
     tenant_actions = tenants.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = tenant_actions.add_parser(
+    create = _action(
+        tenant_actions,
         "create",
-        help="provision a studio: its own database, migrated, and an admin key (shown once)",
+        _create_tenant,
+        "provision a studio: its own database, migrated, and an admin key (shown once)",
     )
     create.add_argument("--name", required=True, help="the studio's name")
     create.add_argument("--slug", help="short unique name (default: made from --name)")
     create.add_argument(
-        "--server-url", help="PostgreSQL server for its database (default: the master's)"
+        "--server-url",
+        metavar="URL",
+        help="PostgreSQL server for its database (default: the master's)",
     )
-    create.add_argument("--json", action="store_true", help="print one JSON object")
-    create.set_defaults(run=_runner(_create_tenant))
+    create.add_argument(
+        "--json", action="store_true", help="print one JSON object (with the admin key)"
+    )
+    tenant_list = _action(
+        tenant_actions,
+        "list",
+        _list_tenants,
+        "every studio: slug, name, database, server (host:port), active, created",
+    )
+    tenant_list.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    keys = commands.add_parser("keys", help="create, list and revoke API keys", epilog=EXIT_CODES)
     key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
-    key_create = key_actions.add_parser("create", help="a new key for a studio (shown once)")
+    key_create = _action(key_actions, "create", _create_key, "a new key for a studio (shown once)")
     key_create.add_argument("--tenant", required=True, help="the studio's slug")
-    key_create.add_argument("--role", choices=API_KEY_ROLES, default="member")
-    key_create.add_argument("--name", default="", help="what the key is for")
-    key_create.add_argument("--json", action="store_true")
-    key_create.set_defaults(run=_runner(_create_key))
-    key_list = key_actions.add_parser("list", help="keys (prefixes only) and their state")
-    key_list.add_argument("--tenant", help="only this studio's keys")
-    key_list.add_argument("--json", action="store_true")
-    key_list.set_defaults(run=_runner(_list_keys))
-    key_revoke = key_actions.add_parser("revoke", help="revoke a key by its prefix")
-    key_revoke.add_argument("prefix", help="the 12 characters after sk_")
-    key_revoke.set_defaults(run=_runner(_revoke_key))
+    key_create.add_argument(
+        "--role", choices=API_KEY_ROLES, default="member", help="what the key may do (see below)"
+    )
+    key_create.add_argument("--name", default="", help="what the key is for (shown by list)")
+    key_create.add_argument("--json", action="store_true", help="print one JSON object")
+    key_list = _action(key_actions, "list", _list_keys, "keys (prefixes only) and their state")
+    key_list.add_argument("--tenant", help="only this studio's keys (default: every studio's)")
+    key_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    key_revoke = _action(
+        key_actions,
+        "revoke",
+        _revoke_key,
+        "revoke a key: calls with it fail once the server's key cache expires (5 s by default)",
+    )
+    key_revoke.add_argument(
+        "key",
+        metavar="KEY",
+        help="the key as `keys list` shows it (sk_<prefix>_…, or the prefix of --json), "
+        "or the whole key",
+    )
 
 
-def _runner(
-    action: Callable[[argparse.Namespace, str], Awaitable[int]],
-) -> Callable[[argparse.Namespace], int]:
-    """Run `action` against the master database (the embedded one when no URL is set)."""
+def _action(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    action: Action,
+    help_text: str,
+) -> argparse.ArgumentParser:
+    parser = actions.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES)
+    add_data_dir_option(parser)
+    parser.set_defaults(run=_runner(action))
+    return parser
+
+
+def _runner(action: Action) -> Callable[[argparse.Namespace], int]:
+    """Run `action` against the master database; a database that is missing or fails is one
+    line on stderr, never a traceback."""
 
     def run(args: argparse.Namespace) -> int:
-        async def main() -> int:
-            url = configured_database_url()
-            embedded = None
-            if url is None:
-                embedded = LocalPostgres(default_data_dir() / "pgdata")
-                embedded.start()
-                url = embedded.url(MASTER_DATABASE)
-            try:
-                return await action(args, url)
-            finally:
-                if embedded is not None:
-                    embedded.stop()
-
-        return asyncio.run(main())
+        command = f"studio {args.command} {args.action}"
+        try:
+            url = master_database_url(data_dir_of(args))
+        except NoMasterDatabase as exc:
+            print(f"{command}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            return asyncio.run(action(args, url))
+        except (DBAPIError, psycopg.Error) as exc:
+            print(f"{command}: {_database_failure(url, exc)}", file=sys.stderr)
+            return EXIT_FAILED
 
     return run
+
+
+def _database_failure(url: str, exc: DBAPIError | psycopg.Error) -> str:
+    error = exc.orig if isinstance(exc, DBAPIError) else exc
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    said = f"the master database {describe_conninfo(url)} failed: {first_line}"
+    if getattr(error, "sqlstate", None) == UNDEFINED_TABLE:
+        said += " (is it migrated? `studio migrate up`)"
+    return said
 
 
 async def _create_tenant(args: argparse.Namespace, master_url: str) -> int:
@@ -106,6 +165,30 @@ async def _create_tenant(args: argparse.Namespace, master_url: str) -> int:
     return 0
 
 
+async def _list_tenants(args: argparse.Namespace, master_url: str) -> int:
+    async with _master_transaction(master_url) as conn:
+        tenants = await list_organizations(conn)
+    for tenant in tenants:
+        server = server_of(tenant.server_url or master_url)  # host:port, never a password
+        if args.json:
+            listed = {
+                "slug": tenant.slug,
+                "name": tenant.name,
+                "database": tenant.database_name,
+                "server": server,
+                "active": tenant.is_active,
+                "created_at": tenant.created_at.isoformat(),
+            }
+            print(json.dumps(listed))
+        else:
+            state = "active" if tenant.is_active else "inactive"
+            print(
+                f"{tenant.slug:<20} {tenant.database_name:<40} {server:<22} {state:<8} "
+                f"{tenant.created_at:%Y-%m-%d %H:%M}  {tenant.name}"
+            )
+    return 0
+
+
 @contextlib.asynccontextmanager
 async def _master_transaction(master_url: str) -> AsyncIterator[AsyncConnection]:
     engine = create_engine_for(master_url, pool_size=1)
@@ -116,14 +199,16 @@ async def _master_transaction(master_url: str) -> AsyncIterator[AsyncConnection]
         await engine.dispose()
 
 
+def _no_studio(args: argparse.Namespace) -> int:
+    print(f"studio keys {args.action}: no studio {args.tenant!r}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
 async def _create_key(args: argparse.Namespace, master_url: str) -> int:
     async with _master_transaction(master_url) as conn:
-        org_id = await conn.scalar(
-            select(organizations.c.id).where(organizations.c.slug == args.tenant)
-        )
+        org_id = await organization_id(conn, args.tenant)
         if org_id is None:
-            print(f"studio keys create: no studio {args.tenant!r}", file=sys.stderr)
-            return EXIT_CONFIG
+            return _no_studio(args)
         key = await create_key(conn, organization_id=org_id, role=args.role, name=args.name)
     shown = {"tenant": args.tenant, "role": args.role, "api_key": key}
     print(json.dumps(shown) if args.json else key)
@@ -132,6 +217,8 @@ async def _create_key(args: argparse.Namespace, master_url: str) -> int:
 
 async def _list_keys(args: argparse.Namespace, master_url: str) -> int:
     async with _master_transaction(master_url) as conn:
+        if args.tenant is not None and await organization_id(conn, args.tenant) is None:
+            return _no_studio(args)
         keys = await list_keys(conn, slug=args.tenant)
     for key in keys:
         revoked = key.revoked_at.isoformat() if key.revoked_at else None
@@ -148,16 +235,29 @@ async def _list_keys(args: argparse.Namespace, master_url: str) -> int:
         else:
             state = f"revoked {revoked}" if revoked else "active"
             print(
-                f"{key.organization_slug:<20} sk_{key.prefix}_…  {key.role:<10} {state}  {key.name}"
+                f"{key.organization_slug:<20} {masked_key(key.prefix)}  {key.role:<10} "
+                f"{state}  {key.name}"
             )
     return 0
 
 
 async def _revoke_key(args: argparse.Namespace, master_url: str) -> int:
-    async with _master_transaction(master_url) as conn:
-        revoked = await revoke_key(conn, prefix=args.prefix)
-    if not revoked:
-        print(f"studio keys revoke: no active key {args.prefix!r}", file=sys.stderr)
+    reference = parse_key_reference(args.key)
+    if reference is None:
+        print(
+            f"studio keys revoke: {args.key!r} is not a key: give it as `studio keys list` "
+            "shows it (sk_<12 characters>_…) or whole",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
-    print(f"revoked sk_{args.prefix}_…; calls with it fail within the key cache time (5 s)")
+    async with _master_transaction(master_url) as conn:
+        revoked = await revoke_key(conn, reference)
+    shown = masked_key(reference.prefix)
+    if not revoked:
+        print(f"studio keys revoke: no active key {shown}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(
+        f"revoked {shown}; calls with it fail once the server's key cache expires "
+        "(serve --key-cache-seconds, 5 s by default)"
+    )
     return 0

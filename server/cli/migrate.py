@@ -1,8 +1,9 @@
 """`studio migrate`: apply and inspect the SQL migrations, on one database or the whole fleet.
 
-Without --database-url, the master (STUDIO_DATABASE_URL, else the embedded server) goes first;
-if it fails nothing else runs. Then the canary tenants (--canary N), then every other tenant,
-concurrently (--jobs overall, --max-per-server per PostgreSQL server).
+Without --database-url, the master (STUDIO_DATABASE_URL, else the embedded server of the data
+directory, while `studio serve` runs it) goes first; if it fails nothing else runs. Then the
+canary tenants (--canary N), then every other tenant, concurrently (--jobs overall,
+--max-per-server per PostgreSQL server).
 
 Exit codes (stable, for scripts):
   0    success, everything up to date
@@ -27,18 +28,23 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from db.local_postgres import LocalPostgres
 from db.migrations.fleet import BAD, Fleet, FleetOptions, run_one
 from db.migrations.runner import DatabaseReport, Status
-from server.cli._common import EXIT_CONFIG, configured_database_url, default_data_dir
+from server.cli._common import (
+    EXIT_CONFIG,
+    NoMasterDatabase,
+    add_data_dir_option,
+    data_dir_of,
+    master_database_url,
+)
 from server.cli.progress import Progress
-from server.database_setup import MASTER_DATABASE
 
 __all__ = ["add_parser", "exit_code"]
 
 EXIT_OK, EXIT_REFUSED, EXIT_FAILED, EXIT_PARTIAL, EXIT_LOCK, EXIT_PENDING = 0, 2, 3, 4, 5, 6
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 RERUN = {str(s) for s in BAD | {Status.SKIPPED}}
+EXIT_CODES_HELP = __doc__[__doc__.index("Exit codes") :]
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +52,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "migrate",
         help="apply or inspect SQL migrations",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, help_text in (
@@ -64,9 +69,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "accept an intentional edit of an applied file (--accept VERSION), with an audit row",
         ),
     ):
-        action = actions.add_parser(name, help=help_text, description=help_text)
+        action = actions.add_parser(
+            name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP
+        )
         action.add_argument(
-            "--database-url", help="one database (default: the master, then every tenant it lists)"
+            "--database-url",
+            metavar="URL",
+            help="one database (default: the master, then every tenant it lists)",
         )
         action.add_argument(
             "--kind",
@@ -77,13 +86,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action.add_argument(
             "--migrations-dir",
             type=Path,
+            metavar="DIR",
             help="use the files of this folder instead of the built-in ones (fleet: tenant files)",
         )
         action.add_argument(
             "--lock-wait",
             type=float,
             default=60.0,
-            help="seconds to wait for another runner (default 60)",
+            help="seconds to wait for another runner",
         )
         action.add_argument(
             "--json",
@@ -91,7 +101,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             help="JSON lines on stdout: one object per database, then a summary",
         )
         action.add_argument(
-            "--report", type=Path, help="also write the JSON lines to this file, as they come"
+            "--report",
+            type=Path,
+            metavar="FILE",
+            help="also write the JSON lines to this file, as they come",
         )
         if name in {"status", "up"}:
             action.add_argument(
@@ -100,20 +113,20 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                 help="the master and every tenant (the default without --database-url)",
             )
             action.add_argument(
-                "--jobs", type=int, default=8, help="tenants migrated at once, overall (default 8)"
+                "--jobs", type=int, default=8, help="tenants migrated at once, overall"
             )
             action.add_argument(
                 "--max-per-server",
                 type=int,
                 default=4,
-                help="tenants at once per PostgreSQL server (default 4)",
+                help="tenants at once per PostgreSQL server",
             )
             action.add_argument(
                 "--canary",
                 type=int,
                 default=0,
                 metavar="N",
-                help="migrate the first N tenants first; stop if any fails",
+                help="migrate the first N tenants first; stop if any fails (0: no canary)",
             )
             action.add_argument(
                 "--on-error",
@@ -122,7 +135,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                 help="after a tenant fails: go on, or start no new tenant",
             )
             action.add_argument(
-                "--max-failures", type=int, metavar="K", help="start no new tenant after K failures"
+                "--max-failures",
+                type=int,
+                metavar="K",
+                help="start no new tenant after K failures (default: no limit)",
             )
             action.add_argument(
                 "--only-failed",
@@ -131,9 +147,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                 help="re-run only the tenants a previous --report did not bring up to date",
             )
         if name == "baseline":
-            action.add_argument("--version", type=int, required=True)
+            action.add_argument(
+                "--version",
+                type=int,
+                required=True,
+                help="the last file the database already has (recorded as applied)",
+            )
         if name == "repair":
-            action.add_argument("--accept", type=int, required=True, metavar="VERSION")
+            action.add_argument(
+                "--accept",
+                type=int,
+                required=True,
+                metavar="VERSION",
+                help="the applied file whose edit is intentional (its new checksum is recorded)",
+            )
+        add_data_dir_option(action)
         action.set_defaults(run=run, mode=name)
 
 
@@ -234,18 +262,19 @@ class _Output:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    url = configured_database_url()
     if not args.database_url and args.mode in {"baseline", "repair"}:
         print(
             "studio migrate: baseline and repair need --database-url",
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    embedded = None
-    if not args.database_url and url is None:  # the embedded default, as `studio serve` runs it
-        embedded = LocalPostgres(default_data_dir() / "pgdata")
-        embedded.start()
-        url = embedded.url(MASTER_DATABASE)
+    url = None
+    if not args.database_url:
+        try:
+            url = master_database_url(data_dir_of(args))
+        except NoMasterDatabase as exc:
+            print(f"studio migrate {args.mode}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     report_file = args.report.open("w") if args.report else None
     out = _Output(args, report_file)
     interrupted: list[signal.Signals] = []
@@ -298,8 +327,6 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         if report_file:
             report_file.close()
-        if embedded is not None:
-            embedded.stop()
 
 
 def run(args: argparse.Namespace) -> int:
