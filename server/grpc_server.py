@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.listen_port import PortInUse, check_port_free
 from server.pipeline import Pipeline, method_handlers
 
 if TYPE_CHECKING:
@@ -71,12 +72,17 @@ async def start_server(
     *,
     max_concurrent_calls: int | None = None,
     tls: TlsFiles | None = None,
+    share_port: bool = False,
 ) -> ServingServer:
-    # SO_REUSEPORT: several worker processes may listen on one port (`serve --workers N`),
-    # and the kernel spreads new connections over them. Past max_concurrent_calls, grpc
-    # answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
+    """`share_port`: SO_REUSEPORT, for the workers of one `serve --workers N` (the kernel
+    spreads new connections over them); otherwise a port in use raises PortInUse. Past
+    max_concurrent_calls, grpc answers RESOURCE_EXHAUSTED at once instead of queueing."""
+    if not share_port:
+        check_port_free(host, port)  # says why, where grpc only says "failed to bind"
     server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 1)], maximum_concurrent_rpcs=max_concurrent_calls
+        # 0, not absent: grpc core turns SO_REUSEPORT on by default on Linux.
+        options=[("grpc.so_reuseport", 1 if share_port else 0)],
+        maximum_concurrent_rpcs=max_concurrent_calls,
     )
     services = []
     for router in routers:
@@ -96,11 +102,14 @@ async def start_server(
         server,
     )
     address = f"{host}:{port}"
-    bound = (
-        server.add_secure_port(address, tls.credentials())
-        if tls
-        else server.add_insecure_port(address)
-    )
+    try:
+        bound = (
+            server.add_secure_port(address, tls.credentials())
+            if tls
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError as exc:  # taken between the check and the bind
+        raise PortInUse(port) from exc
     await server.start()
     serving = ServingServer(server, health_servicer, bound, services)
     await serving.set_serving(True)

@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from db.tenant_catalog import with_database
 from tests.conftest import Databases
-from tests.serving import start_serve
+from tests.serving import children_of, start_serve
 
 
 def _health(address: str) -> int:
@@ -98,12 +98,7 @@ def test_serve_with_workers_runs_that_many_processes_on_one_port(
     server = start_serve(tmp_path, "--workers", "2", master_url=databases.create("workers"))
     try:
         assert "(2 workers)" in "".join(server.output)
-        children = [
-            p for p in Path("/proc").iterdir()
-            if p.name.isdigit() and (p / "stat").exists()
-            and (p / "stat").read_text().split(") ")[-1].split()[1] == str(server.process.pid)
-        ]  # fmt: skip
-        assert len(children) == 2
+        assert len(children_of(server.process.pid)) == 2
         for _ in range(4):  # new connections, spread by the kernel; each answers
             assert _health(server.address) == health_pb2.HealthCheckResponse.SERVING
     finally:

@@ -1,0 +1,60 @@
+"""`studio serve --workers N`: a worker that dies is replaced while the others keep answering,
+and SIGTERM to the supervisor still ends everything cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import Databases
+from tests.serving import children_of, start_serve, wait_until
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def _health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:  # a new connection each time
+        request = health_pb2.HealthCheckRequest(service="")
+        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_killed_worker_is_replaced_while_calls_keep_succeeding(
+    databases: Databases, tmp_path: Path
+) -> None:
+    server = start_serve(tmp_path, "--workers", "2", master_url=databases.create("workers"))
+    try:
+        first = children_of(server.process.pid)
+        assert len(first) == 2
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: _gone(victim), "the killed worker is gone")
+        answered = 0
+
+        def replaced() -> bool:
+            nonlocal answered
+            assert _health(server.address) == SERVING  # every call meanwhile succeeds
+            answered += 1
+            workers = children_of(server.process.pid)
+            return len(workers) == 2 and victim not in workers
+
+        wait_until(replaced, "a new worker replaces the killed one")
+        now = children_of(server.process.pid)
+        assert len(now - first) == 1
+        for _ in range(4):
+            assert _health(server.address) == SERVING
+        assert answered >= 1
+        assert f"worker pid {victim} exited" in "".join(server.output)
+    finally:
+        assert server.terminate() == 0
+    assert all(_gone(pid) for pid in first | now), "a worker outlived its supervisor"
