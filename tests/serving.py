@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,3 +123,19 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) ->
     while not condition():
         assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
         time.sleep(0.05)
+
+
+def process_gone(pid: int) -> bool:
+    """True once `pid` has ended (a zombie waiting for its parent counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def remove_relocated_cluster(data_dir: Path) -> None:
+    """As root, a cluster whose folder its OS user cannot reach (pytest's tmp_path is 0700)
+    lives elsewhere behind a link: remove it with the test's folder."""
+    cluster = data_dir / "pgdata"
+    if cluster.is_symlink() and not (cluster / "postmaster.pid").exists():
+        shutil.rmtree(cluster.resolve().parent, ignore_errors=True)
