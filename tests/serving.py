@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 STUDIO = str(Path(sys.executable).parent / "studio")
 READY = "serving gRPC on "
 
@@ -139,3 +142,10 @@ def remove_relocated_cluster(data_dir: Path) -> None:
     cluster = data_dir / "pgdata"
     if cluster.is_symlink() and not (cluster / "postmaster.pid").exists():
         shutil.rmtree(cluster.resolve().parent, ignore_errors=True)
+
+
+def health(address: str) -> int:
+    """The server's overall health status, over a new connection."""
+    with grpc.insecure_channel(address) as channel:
+        request = health_pb2.HealthCheckRequest(service="")
+        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)

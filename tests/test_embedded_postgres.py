@@ -4,21 +4,24 @@ password on TCP, and nothing left running after the server is gone, however it w
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import shutil
 import signal
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import psycopg
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from db.local_postgres import LocalPostgres
+from db.local_postgres import LocalPostgres, bundled_bin_dir
 from tests.serving import (
     ServerProcess,
+    health,
     process_gone,
     remove_relocated_cluster,
     start_serve,
@@ -26,12 +29,6 @@ from tests.serving import (
 )
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def _health(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
-        request = health_pb2.HealthCheckRequest(service="")
-        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
 
 
 def _pg_port(server: ServerProcess) -> int:
@@ -72,7 +69,7 @@ def test_embedded_postgres_needs_its_password_keeps_its_port_and_never_outlives_
     first = start_serve(data_dir, "--no-demo")
     try:
         port = _pg_port(first)
-        assert _health(first.address) == SERVING
+        assert health(first.address) == SERVING
         # TCP without the password, or with a wrong one, is refused.
         for password in ("passfile=/nonexistent", "password=wrong"):
             with pytest.raises(psycopg.OperationalError, match="password"):
@@ -105,7 +102,7 @@ def test_embedded_postgres_needs_its_password_keeps_its_port_and_never_outlives_
     try:
         assert _pg_port(third) == port
         assert f"reclaimed the PostgreSQL (pid {postmaster}, port {port})" in "".join(third.output)
-        assert _health(third.address) == SERVING
+        assert health(third.address) == SERVING
     finally:
         assert third.terminate() == 0
     _assert_nothing_runs(data_dir, postmaster)
@@ -125,3 +122,43 @@ def test_a_cluster_stops_when_the_last_process_using_it_leaves(tmp_path: Path) -
         first.stop()
         second.stop()
     wait_until(lambda: process_gone(postmaster), "the last one out stops it")
+
+
+def test_a_cluster_from_before_passwords_gets_one_and_root_opens_no_folder_for_it(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The binaries and the cluster under a folder only its owner enters: as root, PostgreSQL
+    # runs as another OS user, which must not get in by a chmod of that folder.
+    wheel = bundled_bin_dir().parent.parent  # the package: binaries find ../*.libs
+    install = home / "site" / wheel.name / "pginstall18"
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(wheel / "pginstall18" / part, install / part, symlinks=True)
+    for libs in wheel.parent.glob(f"{wheel.name}.libs"):
+        shutil.copytree(libs, home / "site" / libs.name, symlinks=True)
+    os.environ["STUDIO_PG_BIN"] = str(install / "bin")
+    try:
+        cluster = LocalPostgres(home / ".studio" / "pgdata", durable=False)
+    finally:
+        del os.environ["STUDIO_PG_BIN"]
+    cluster._prepare_ownership()  # made as studio did before passwords: trust on TCP
+    subprocess.run(
+        cluster._cmd("initdb", "-D", str(cluster.cluster_dir), "-U", "postgres",
+                     "--auth=trust", "--no-sync", "--no-instructions"),
+        check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        with caplog.at_level(logging.WARNING, logger="studio.postgres"):
+            port = cluster.start()
+        assert "trusted every TCP connection; it now requires the password" in caplog.text
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(
+                f"host=127.0.0.1 port={port} user=postgres dbname=postgres passfile=/nonexistent",
+                connect_timeout=5,
+            )
+        with psycopg.connect(cluster.url()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        cluster.stop("immediate")
+        if cluster.bin_dir != install / "bin":  # a copy the run-as user can reach
+            shutil.rmtree(cluster.bin_dir.parents[2])
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700

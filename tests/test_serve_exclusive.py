@@ -5,19 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from tests.conftest import Databases
-from tests.serving import serve_refused, start_serve
+from tests.serving import health, serve_refused, start_serve
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def _health(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
-        request = health_pb2.HealthCheckRequest(service="")
-        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
 
 
 def _assert_refused(code: int, output: str, expected: str) -> None:
@@ -40,7 +33,7 @@ def test_a_second_server_on_a_port_in_use_is_refused_and_the_first_keeps_serving
         )
         _assert_refused(code, output, f"port {first.port} is in use")
         for _ in range(4):  # new connections: all reach the first server, which answers
-            assert _health(first.address) == SERVING
+            assert health(first.address) == SERVING
         assert first.process.poll() is None
     finally:
         assert first.terminate() == 0
@@ -58,7 +51,7 @@ def test_a_port_held_by_a_workers_supervisor_is_refused_to_a_plain_server_and_a_
                 tmp_path / f"other{i}", "--no-demo", "--port", port, *extra, master_url=master_url
             )
             _assert_refused(code, output, f"port {port} is in use")
-        assert _health(supervisor.address) == SERVING
+        assert health(supervisor.address) == SERVING
     finally:
         assert supervisor.terminate() == 0
 
@@ -71,7 +64,7 @@ def test_a_second_server_on_the_same_data_directory_is_refused_with_the_holders_
     try:
         code, output = serve_refused(tmp_path, "--no-demo", "--port", "0", master_url=master_url)
         _assert_refused(code, output, f"in use by another studio serve (pid {first.process.pid})")
-        assert _health(first.address) == SERVING
+        assert health(first.address) == SERVING
     finally:
         assert first.terminate() == 0
     # The lock goes with its process: the same directory serves again.

@@ -7,19 +7,12 @@ import os
 import signal
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from tests.conftest import Databases
-from tests.serving import children_of, process_gone, start_serve, wait_until
+from tests.serving import children_of, health, process_gone, start_serve, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def _health(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:  # a new connection each time
-        request = health_pb2.HealthCheckRequest(service="")
-        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
 
 
 def test_a_killed_worker_is_replaced_while_calls_keep_succeeding(
@@ -38,7 +31,7 @@ def test_a_killed_worker_is_replaced_while_calls_keep_succeeding(
 
         def replaced() -> bool:
             nonlocal answered
-            assert _health(server.address) == SERVING  # every call meanwhile succeeds
+            assert health(server.address) == SERVING  # every call meanwhile succeeds
             answered += 1
             workers = children_of(server.process.pid)
             return len(workers) == 2 and victim not in workers
@@ -47,7 +40,7 @@ def test_a_killed_worker_is_replaced_while_calls_keep_succeeding(
         now = children_of(server.process.pid)
         assert len(now - first) == 1
         for _ in range(4):
-            assert _health(server.address) == SERVING
+            assert health(server.address) == SERVING
         assert answered >= 1
         assert f"worker pid {victim} exited" in "".join(server.output)
     finally:
