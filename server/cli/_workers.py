@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-__all__ = ["RESTARTS_ALLOWED", "RESTART_WINDOW_SECONDS", "supervise"]
+__all__ = ["RestartBudget", "supervise"]
 
 log = logging.getLogger("studio.serve")
 READY = b"serving gRPC on"
@@ -22,10 +22,14 @@ RESTART_WINDOW_SECONDS = 60.0
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _worker_signals() -> None:
     """In the worker, before exec: a SIGTERM when the supervisor dies, kill -9 included, so
-    that no worker outlives it holding the port."""
+    that no worker outlives it holding the port. A terminal's SIGINT and SIGHUP reach the
+    whole process group: they are the supervisor's to act on (it stops the workers), not
+    a worker's exit for the supervisor to replace."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 class _Workers:
@@ -38,7 +42,7 @@ class _Workers:
         """Start a worker and wait until it listens; False if it did not."""
         worker = await asyncio.create_subprocess_exec(
             *self.command, env=self.env, stdout=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_worker_signals,
         )  # fmt: skip
         self.running.append(worker)
         assert worker.stdout is not None
@@ -78,9 +82,30 @@ async def supervise(
     return not failed and all(code == 0 for code in codes)
 
 
+class RestartBudget:
+    """At most `allowed` restarts within any `window` seconds: past that, a worker that keeps
+    dying is a crash loop, and restarting it again would only hide it."""
+
+    def __init__(
+        self, allowed: int = RESTARTS_ALLOWED, window: float = RESTART_WINDOW_SECONDS
+    ) -> None:
+        self.allowed = allowed
+        self.window = window
+        self._times: deque[float] = deque()
+
+    def take(self, now: float) -> bool:
+        """Record a restart at `now`; False if it would exceed the budget."""
+        while self._times and now - self._times[0] > self.window:
+            self._times.popleft()
+        if len(self._times) >= self.allowed:
+            return False
+        self._times.append(now)
+        return True
+
+
 async def _keep_running(workers: _Workers, stop: asyncio.Event) -> bool:
     """Replace workers that exit until `stop` is set; True if they died too often."""
-    restarts: deque[float] = deque()
+    budget = RestartBudget()
     stopping = asyncio.ensure_future(stop.wait())
     try:
         while True:
@@ -88,21 +113,17 @@ async def _keep_running(workers: _Workers, stop: asyncio.Event) -> bool:
             done, _ = await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
             for waiter in exits:
                 waiter.cancel()
-            if stopping in done:
+            if stopping in done or stop.is_set():
                 return False
             for waiter in done:
                 dead = exits[waiter]
                 workers.running.remove(dead)
-                now = time.monotonic()
-                while restarts and now - restarts[0] > RESTART_WINDOW_SECONDS:
-                    restarts.popleft()
-                if len(restarts) >= RESTARTS_ALLOWED:
+                if not budget.take(time.monotonic()):
                     log.error(
                         "worker pid %d exited (code %s); %d restarts within %.0fs: giving up",
-                        dead.pid, dead.returncode, len(restarts), RESTART_WINDOW_SECONDS,
+                        dead.pid, dead.returncode, budget.allowed, budget.window,
                     )  # fmt: skip
                     return True
-                restarts.append(now)
                 log.warning(
                     "worker pid %d exited (code %s); starting another", dead.pid, dead.returncode
                 )

@@ -158,7 +158,10 @@ async def _serve(args: argparse.Namespace) -> int:
     # SIGTERM right after "serving" is announced stops us cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    # A worker leaves SIGINT and SIGHUP (sent to the whole group) to its supervisor.
+    for sig in (
+        (signal.SIGTERM,) if args.as_worker else (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    ):
         loop.add_signal_handler(sig, stop.set)
     if args.as_worker:  # the supervisor holds the data directory and the port
         try:
