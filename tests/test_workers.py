@@ -9,6 +9,7 @@ from pathlib import Path
 
 from grpc_health.v1 import health_pb2
 
+from server.cli._workers import RestartBudget
 from tests.conftest import Databases
 from tests.serving import children_of, health, process_gone, start_serve, wait_until
 
@@ -46,3 +47,27 @@ def test_a_killed_worker_is_replaced_while_calls_keep_succeeding(
     finally:
         assert server.terminate() == 0
     assert all(process_gone(pid) for pid in first | now), "a worker outlived its supervisor"
+
+
+def test_a_worker_that_keeps_dying_ends_the_supervisor_with_exit_3(
+    databases: Databases, tmp_path: Path
+) -> None:
+    server = start_serve(tmp_path, "--workers", "2", master_url=databases.create("crashloop"))
+    seen: set[int] = set()
+    try:
+        for _ in range(RestartBudget().allowed + 1):  # one death more than the budget
+            workers = children_of(server.process.pid)
+            seen |= workers
+            victim = min(workers)
+            os.kill(victim, signal.SIGKILL)
+
+            def replaced_or_ended(victim: int = victim) -> bool:
+                now = children_of(server.process.pid)
+                return server.process.poll() is not None or (len(now) == 2 and victim not in now)
+
+            wait_until(replaced_or_ended, "the supervisor replaces the worker or gives up")
+        assert server.process.wait(30) == 3
+    finally:
+        server.terminate()
+    assert "restarts within 60s: giving up" in "".join(server.output)
+    assert all(process_gone(pid) for pid in seen), "a worker outlived its supervisor"

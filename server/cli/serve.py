@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -152,42 +153,37 @@ def refuse(reason: object) -> int:
     return EXIT_STARTUP_FAILED
 
 
+def _stop_on_signals(worker: bool) -> asyncio.Event:
+    """Set on SIGTERM, SIGINT or SIGHUP (a closed terminal): each stops the server cleanly,
+    embedded PostgreSQL included. A worker leaves SIGINT and SIGHUP, which reach the whole
+    process group, to its supervisor."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def _serve(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir.resolve() if args.data_dir else default_data_dir()
     # Handlers first: a signal during start-up still stops the embedded PostgreSQL, and a
     # SIGTERM right after "serving" is announced stops us cleanly.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # A worker leaves SIGINT and SIGHUP (sent to the whole group) to its supervisor.
-    for sig in (
-        (signal.SIGTERM,) if args.as_worker else (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    ):
-        loop.add_signal_handler(sig, stop.set)
-    if args.as_worker:  # the supervisor holds the data directory and the port
-        try:
+    stop = _stop_on_signals(args.as_worker)
+    try:
+        if args.as_worker:  # the supervisor holds the data directory and the port
             return await _serve_one(args, data_dir, stop)
-        except PortInUse as exc:
-            return refuse(exc)
-    # Refused before anything starts: a second server on this data directory or this port.
-    try:
-        held = lock_data_dir(data_dir)
-    except DataDirInUse as exc:
+        with contextlib.ExitStack() as held:
+            # Refused before anything starts: a second server on this data directory or port.
+            held.callback(lock_data_dir(data_dir).release)
+            reservation = None
+            if args.workers > 1:
+                reservation = reserve_port(args.host, args.port)
+                held.callback(reservation.close)
+            else:
+                check_port_free(args.host, args.port)
+            return await _serve_one(args, data_dir, stop, reservation)
+    except (DataDirInUse, PortInUse) as exc:  # PortInUse also if taken before grpc bound it
         return refuse(exc)
-    try:
-        reservation = reserve_port(args.host, args.port) if args.workers > 1 else None
-        if reservation is None:
-            check_port_free(args.host, args.port)
-    except PortInUse as exc:
-        held.release()
-        return refuse(exc)
-    try:
-        return await _serve_one(args, data_dir, stop, reservation)
-    except PortInUse as exc:  # taken after the check, before grpc bound it
-        return refuse(exc)
-    finally:
-        if reservation is not None:
-            reservation.close()
-        held.release()
 
 
 async def _serve_one(
