@@ -4,8 +4,8 @@ server, and the background work that keeps them healthy."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
@@ -23,6 +23,7 @@ __all__ = ["App", "start_app"]
 log = logging.getLogger("studio.app")
 HEALTH_PROBE_SECONDS = 1.0
 IDLE_SWEEP_SECONDS = 30.0
+TASK_STOP_SECONDS = 5.0
 
 
 @dataclass
@@ -37,14 +38,32 @@ class App:
         return self.serving.port
 
     async def stop(self, grace: float) -> None:
+        """Stop serving and close every pool; completes even if a background task died (its
+        death was logged when it happened) or will not end when cancelled."""
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.serving.stop(grace)
-        await self.engines.close_all()
-        await self.authenticator.master.dispose()
+        if self.tasks:
+            _, stuck = await asyncio.wait(self.tasks, timeout=TASK_STOP_SECONDS)
+            for task in stuck:
+                log.error("background task %s did not stop when cancelled", task.get_name())
+        try:
+            await self.serving.stop(grace)
+        finally:
+            try:
+                await self.engines.close_all()
+            finally:
+                await self.authenticator.master.dispose()
+
+    def run_in_background(self, work: Coroutine[None, None, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        task.add_done_callback(_log_death)
+        self.tasks.append(task)
+
+
+def _log_death(task: asyncio.Task[None]) -> None:
+    """A background task ends only when stop() cancels it: anything else is a bug to see."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("background task %s died", task.get_name(), exc_info=error)
 
 
 async def _watch_master(app: App) -> None:
@@ -84,6 +103,7 @@ async def start_app(
     max_concurrent_calls: int | None = 1000,
     auth_failures_per_second: float = 5.0,
     tls: TlsFiles | None = None,
+    share_port: bool = False,
 ) -> App:
     master = create_engine_for(master_url, pool_size=5, pool_timeout=5.0)
     authenticator = Authenticator(master, cache_seconds=key_cache_seconds)
@@ -101,10 +121,9 @@ async def start_app(
         ),
         ROUTERS,
         tls=tls,
+        share_port=share_port,
     )
     app = App(serving, engines, authenticator)
-    app.tasks = [
-        asyncio.create_task(_watch_master(app)),
-        asyncio.create_task(_close_idle_pools(app)),
-    ]
+    app.run_in_background(_watch_master(app), "watch the master database")
+    app.run_in_background(_close_idle_pools(app), "close idle tenant pools")
     return app

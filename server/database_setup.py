@@ -51,14 +51,19 @@ async def open_databases(database_url: str | None, data_dir: Path) -> Databases:
     embedded = None
     if database_url is None:
         embedded = LocalPostgres(data_dir / "pgdata")
-        embedded.start()
+        await asyncio.to_thread(embedded.start)
         database_url = embedded.url(MASTER_DATABASE)
         log.info(
             "embedded PostgreSQL on 127.0.0.1:%s, data in %s", embedded.port, embedded.data_dir
         )
-    if await create_database_if_missing(database_url):
-        log.info("created the master database")
-    return Databases(database_url, embedded)
+    databases = Databases(database_url, embedded)
+    try:
+        if await create_database_if_missing(database_url):
+            log.info("created the master database")
+    except BaseException:
+        databases.close()  # not left running for nobody
+        raise
+    return databases
 
 
 MIGRATED = frozenset({Status.APPLIED, Status.UP_TO_DATE})  # anything else is logged as an error

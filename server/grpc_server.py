@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.listen_port import PortInUse, check_port_free
 from server.pipeline import MAX_REQUEST_BYTES, Pipeline, UnknownMethods, method_handlers
 
 if TYPE_CHECKING:
@@ -74,13 +75,18 @@ async def start_server(
     routers: tuple[Router, ...],
     *,
     tls: TlsFiles | None = None,
+    share_port: bool = False,
 ) -> ServingServer:
-    # SO_REUSEPORT: several worker processes may listen on one port (`serve --workers N`),
-    # and the kernel spreads new connections over them. The pipeline limits calls in flight
-    # and request sizes itself (with ErrorInfo and a log line, which grpc's limits lack).
+    """`share_port`: SO_REUSEPORT, for the workers of one `serve --workers N` (the kernel
+    spreads new connections over them); otherwise a port in use raises PortInUse. The
+    pipeline limits calls in flight and request sizes itself (with ErrorInfo and a log line,
+    which grpc's own limits lack); grpc accepts requests up to a ceiling above that limit."""
+    if not share_port:
+        check_port_free(host, port)  # says why, where grpc only says "failed to bind"
     server = grpc.aio.server(
         options=[
-            ("grpc.so_reuseport", 1),
+            # 0, not absent: grpc core turns SO_REUSEPORT on by default on Linux.
+            ("grpc.so_reuseport", 1 if share_port else 0),
             ("grpc.max_receive_message_length", RECEIVE_CEILING_BYTES),
         ]
     )
@@ -103,11 +109,14 @@ async def start_server(
     )
     server.add_generic_rpc_handlers((UnknownMethods(pipeline),))  # last: grpc asks in order
     address = f"{host}:{port}"
-    bound = (
-        server.add_secure_port(address, tls.credentials())
-        if tls
-        else server.add_insecure_port(address)
-    )
+    try:
+        bound = (
+            server.add_secure_port(address, tls.credentials())
+            if tls
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError as exc:  # taken between the check and the bind
+        raise PortInUse(port) from exc
     await server.start()
     serving = ServingServer(server, health_servicer, bound, services)
     await serving.set_serving(True)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 STUDIO = str(Path(sys.executable).parent / "studio")
 READY = "serving gRPC on "
@@ -38,19 +43,23 @@ class ServerProcess:
         return code
 
 
+def _env(master_url: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "STUDIO_DATABASE_URL"}
+    if master_url:
+        env["STUDIO_DATABASE_URL"] = master_url
+    return env
+
+
 def start_serve(
     data_dir: Path, *extra: str, master_url: str | None = None, timeout: float = 120
 ) -> ServerProcess:
     """Start `studio serve --port 0` and wait until it prints the port it listens on."""
-    env = {k: v for k, v in os.environ.items() if k != "STUDIO_DATABASE_URL"}
-    if master_url:
-        env["STUDIO_DATABASE_URL"] = master_url
     process = subprocess.Popen(
         [STUDIO, "serve", "--port", "0", "--data-dir", str(data_dir), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env,
+        env=_env(master_url),
     )
     server = ServerProcess(process)
     ready = threading.Event()
@@ -72,3 +81,71 @@ def start_serve(
             server.terminate()
             raise RuntimeError("studio serve did not start:\n" + "".join(server.output))
     return server
+
+
+def serve_refused(
+    data_dir: Path, *extra: str, master_url: str | None = None, timeout: float = 120
+) -> tuple[int, str]:
+    """Run a `studio serve` expected not to start: its exit code and its output. One that
+    starts after all is stopped, and its output says so ("serving gRPC on")."""
+    process = subprocess.Popen(
+        [STUDIO, "serve", "--data-dir", str(data_dir), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(master_url),
+    )
+    output = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        output.append(line)
+        if line.startswith(READY):
+            process.send_signal(signal.SIGTERM)
+    process.stdout.close()
+    return process.wait(timeout), "".join(output)
+
+
+def children_of(pid: int) -> set[int]:
+    """The live processes whose parent is `pid` (zombies not counted: they hold nothing)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
+            continue
+        if state[1] == str(pid) and state[0] != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.05)
+
+
+def process_gone(pid: int) -> bool:
+    """True once `pid` has ended (a zombie waiting for its parent counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def remove_relocated_cluster(data_dir: Path) -> None:
+    """As root, a cluster whose folder its OS user cannot reach (pytest's tmp_path is 0700)
+    lives elsewhere behind a link: remove it with the test's folder."""
+    cluster = data_dir / "pgdata"
+    if cluster.is_symlink() and not (cluster / "postmaster.pid").exists():
+        shutil.rmtree(cluster.resolve().parent, ignore_errors=True)
+
+
+def health(address: str) -> int:
+    """The server's overall health status, over a new connection."""
+    with grpc.insecure_channel(address) as channel:
+        request = health_pb2.HealthCheckRequest(service="")
+        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)

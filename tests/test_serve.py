@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from db.tenant_catalog import with_database
 from tests.conftest import Databases
-from tests.serving import start_serve
+from tests.serving import children_of, remove_relocated_cluster, start_serve
 
 
 def _health(address: str) -> int:
@@ -86,7 +86,9 @@ def test_serve_without_a_database_url_runs_embedded_postgres_that_survives_a_res
     try:
         assert _health(restarted.address) == health_pb2.HealthCheckResponse.SERVING
     finally:
-        assert restarted.terminate() == 0
+        code = restarted.terminate()
+        remove_relocated_cluster(tmp_path)
+    assert code == 0
     output = "".join(restarted.output)
     assert "(exists)" in output  # the same data: the demo studio was found, not made again
     assert _demo_key(tmp_path) == key
@@ -98,12 +100,7 @@ def test_serve_with_workers_runs_that_many_processes_on_one_port(
     server = start_serve(tmp_path, "--workers", "2", master_url=databases.create("workers"))
     try:
         assert "(2 workers)" in "".join(server.output)
-        children = [
-            p for p in Path("/proc").iterdir()
-            if p.name.isdigit() and (p / "stat").exists()
-            and (p / "stat").read_text().split(") ")[-1].split()[1] == str(server.process.pid)
-        ]  # fmt: skip
-        assert len(children) == 2
+        assert len(children_of(server.process.pid)) == 2
         for _ in range(4):  # new connections, spread by the kernel; each answers
             assert _health(server.address) == health_pb2.HealthCheckResponse.SERVING
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -11,11 +12,13 @@ import signal
 import sys
 from pathlib import Path
 
-from db.local_postgres import free_port
 from server.app import start_app
 from server.cli._common import configured_database_url, default_data_dir
+from server.cli._workers import supervise
+from server.data_dir_lock import DataDirInUse, lock_data_dir
 from server.database_setup import ensure_demo_tenant, migrate_all, open_databases
 from server.grpc_server import TlsFiles
+from server.listen_port import PortInUse, PortReservation, check_port_free, reserve_port
 from server.log_setup import json_logging
 
 __all__ = ["add_parser"]
@@ -84,40 +87,33 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--workers",
         type=int,
         default=1,
-        help="server processes sharing the port (SO_REUSEPORT); one per core scales with cores",
+        help="server processes sharing the port (SO_REUSEPORT); one per core scales with cores;"
+        " a worker that dies is replaced (5 times a minute at most, then the server exits 3)",
     )
+    # A worker of a --workers supervisor: it may share the supervisor's port, and the
+    # supervisor holds the data directory for it.
+    parser.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
 
 
-async def _run_workers(args: argparse.Namespace, master_url: str, stop: asyncio.Event) -> int:
-    """N single-process servers on one port; this process set up the databases and only
-    supervises (it forwards SIGTERM and waits for them)."""
-    port = args.port or free_port()
+async def _run_workers(
+    args: argparse.Namespace, master_url: str, port: PortReservation, stop: asyncio.Event
+) -> int:
+    """N single-process servers on one port; this process set up the databases, holds the
+    port and the data directory, and only supervises (restarts, forwards SIGTERM, waits)."""
     # Each worker gets this command line as given (every flag, new ones included), with the
     # overrides after it: argparse keeps the last value of a repeated option.
     command = [
-        sys.executable, "-m", "server.cli", *sys.argv[1:],
-        "--workers", "1", "--port", str(port), "--skip-migrations", "--no-demo",
+        sys.executable, "-m", "server.cli", *sys.argv[1:], "--workers", "1",
+        "--port", str(port.port), "--skip-migrations", "--no-demo", "--as-worker",
     ]  # fmt: skip
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
-    workers = [
-        await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE)
-        for _ in range(args.workers)
-    ]
-    for worker in workers:  # each announces when it listens
-        assert worker.stdout is not None
-        line = await worker.stdout.readline()
-        if not line.startswith(b"serving gRPC on"):
-            log.error("a worker did not start; stopping")
-            stop.set()
-    if not stop.is_set():
-        announce(f"serving gRPC on {args.host}:{port} ({args.workers} workers)")
-    await stop.wait()
-    for worker in workers:
-        if worker.returncode is None:
-            worker.send_signal(signal.SIGTERM)
-    codes = [await worker.wait() for worker in workers]
-    return 0 if all(code == 0 for code in codes) else EXIT_STARTUP_FAILED
+
+    def ready() -> None:
+        announce(f"serving gRPC on {args.host}:{port.port} ({args.workers} workers)")
+
+    clean = await supervise(command, env, args.workers, stop, ready)
+    return 0 if clean else EXIT_STARTUP_FAILED
 
 
 def announce(line: str) -> None:
@@ -151,8 +147,51 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_UNEXPECTED
 
 
+def refuse(reason: object) -> int:
+    """One line, no traceback: what a user starting a second server needs to read."""
+    print(f"studio serve: {reason}", file=sys.stderr)
+    return EXIT_STARTUP_FAILED
+
+
+def _stop_on_signals(worker: bool) -> asyncio.Event:
+    """Set on SIGTERM, SIGINT or SIGHUP (a closed terminal): each stops the server cleanly,
+    embedded PostgreSQL included. A worker leaves SIGINT and SIGHUP, which reach the whole
+    process group, to its supervisor."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def _serve(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir.resolve() if args.data_dir else default_data_dir()
+    # Handlers first: a signal during start-up still stops the embedded PostgreSQL, and a
+    # SIGTERM right after "serving" is announced stops us cleanly.
+    stop = _stop_on_signals(args.as_worker)
+    try:
+        if args.as_worker:  # the supervisor holds the data directory and the port
+            return await _serve_one(args, data_dir, stop)
+        with contextlib.ExitStack() as held:
+            # Refused before anything starts: a second server on this data directory or port.
+            held.callback(lock_data_dir(data_dir).release)
+            reservation = None
+            if args.workers > 1:
+                reservation = reserve_port(args.host, args.port)
+                held.callback(reservation.close)
+            else:
+                check_port_free(args.host, args.port)
+            return await _serve_one(args, data_dir, stop, reservation)
+    except (DataDirInUse, PortInUse) as exc:  # PortInUse also if taken before grpc bound it
+        return refuse(exc)
+
+
+async def _serve_one(
+    args: argparse.Namespace,
+    data_dir: Path,
+    stop: asyncio.Event,
+    workers_port: PortReservation | None = None,
+) -> int:
     databases = await open_databases(configured_database_url(), data_dir)
     try:
         if not args.skip_migrations and not await migrate_all(databases.master_url):
@@ -164,13 +203,10 @@ async def _serve(args: argparse.Namespace) -> int:
             announce(
                 f"demo tenant {demo.slug!r} ({state}); its admin API key is in {demo.key_file}"
             )
-        # Handlers first: a SIGTERM right after "serving" is announced must stop us cleanly.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        if args.workers > 1:
-            return await _run_workers(args, databases.master_url, stop)
+        if stop.is_set():
+            return 0
+        if workers_port is not None:
+            return await _run_workers(args, databases.master_url, workers_port, stop)
         app = await start_app(
             databases.master_url,
             host=args.host,
@@ -182,6 +218,7 @@ async def _serve(args: argparse.Namespace) -> int:
             tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
             if args.tls_cert
             else None,
+            share_port=args.as_worker,
         )
         # What start-up allocated lives as long as the process: keep the collector off it, so
         # that full collections stay short instead of pausing calls for 100+ ms.
