@@ -83,6 +83,8 @@ async def find_key(conn: AsyncConnection, prefix: str) -> KeyRecord | None:
                 organizations.c.slug,
                 tenant_databases.c.server_url,
                 tenant_databases.c.database_name,
+                tenant_databases.c.role_name,
+                tenant_databases.c.role_password,
             )
             .join(organizations, organizations.c.id == api_keys.c.organization_id)
             .join(tenant_databases, tenant_databases.c.organization_id == organizations.c.id)
@@ -91,10 +93,10 @@ async def find_key(conn: AsyncConnection, prefix: str) -> KeyRecord | None:
     ).first()
     if row is None:
         return None
-    sha, role, revoked, active, org_id, slug, server_url, database_name = row
+    sha, role, revoked, active, org_id, slug, server_url, database_name, *tenant_role = row
     return KeyRecord(
         bytes(sha), role, bool(revoked), bool(active),
-        TenantLocation(org_id, slug, server_url, database_name),
+        TenantLocation(org_id, slug, server_url, database_name, *tenant_role),
     )  # fmt: skip
 
 

@@ -49,11 +49,12 @@ class TenantEngines:
         self.pool_timeout = pool_timeout
         self.idle_seconds = idle_seconds
         self.max_connections = max_connections
-        self._entries: dict[tuple[str | None, str], _Entry] = {}
+        self._entries: dict[tuple[str | None, str, str | None], _Entry] = {}
         self._evicting: asyncio.Task[None] | None = None
 
     def get(self, tenant: TenantLocation) -> AsyncEngine:
-        key = (tenant.server_url, tenant.database_name)
+        # The role too: a tenant converted to its own role gets a pool that logs in as it.
+        key = (tenant.server_url, tenant.database_name, tenant.role_name)
         entry = self._entries.get(key)
         now = time.monotonic()
         if entry is None:
@@ -74,7 +75,7 @@ class TenantEngines:
         """Connections this process holds to tenant databases, in use or idle in a pool."""
         return sum(_pooled(e.engine) for e in self._entries.values())
 
-    async def _evict(self, keep: tuple[str | None, str]) -> None:
+    async def _evict(self, keep: tuple[str | None, str, str | None]) -> None:
         """Close least recently used pools with nothing checked out, to make room."""
         open_now = self.open_connections()  # counted once, then kept up to date as we close
         for key, entry in sorted(self._entries.items(), key=lambda item: item[1].last_used):

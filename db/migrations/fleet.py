@@ -67,7 +67,7 @@ async def run_one(
 @dataclass(frozen=True)
 class Target:
     name: str  # "tenant <slug>"
-    conninfo: str
+    conninfo: str = field(repr=False)  # as the tenant's role: holds its password
 
     @cached_property
     def server(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from server.cli import admin, migrate, serve
+from server.cli import admin, migrate, serve, tenant_isolation
 
 __all__ = ["main"]
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(commands)
     migrate.add_parser(commands)
     admin.add_parsers(commands)
+    tenant_isolation.add_parser(commands)  # `tenants isolate`, beside admin's `tenants`
     return parser
 
 
