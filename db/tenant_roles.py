@@ -152,9 +152,12 @@ async def _ensure_role(
                 sql.SQL("ALTER ROLE {} LOGIN {}").format(ident, _password_clause(conn, role))
             )
             changes.append("set the role's password")
-    # A non-superuser administrator must be a member to hand objects over to the role.
+    # A non-superuser administrator must be able to SET ROLE to it to hand objects over (a
+    # CREATEROLE creator gets only ADMIN OPTION since PostgreSQL 16, which has 'SET' here).
     cur = await conn.execute(
-        "SELECT NOT rolsuper AND NOT pg_has_role(current_user, %s, 'MEMBER')"
+        "SELECT NOT rolsuper AND NOT pg_has_role(current_user, %s,"
+        " CASE WHEN current_setting('server_version_num')::int >= 160000"
+        " THEN 'SET' ELSE 'MEMBER' END)"
         " FROM pg_roles WHERE rolname = current_user",
         (role.name,),
     )

@@ -278,3 +278,28 @@ def test_isolate_all_converts_every_old_studio_and_refuses_a_strangers_role(
     assert "taken: isolated" in second.stdout
     assert _isolate(master, "--all").stdout.count("already-isolated") == 3
     assert _isolate(master, "nope").returncode == 1
+
+
+def test_an_administrator_that_is_not_a_superuser_can_provision_and_convert(
+    databases: Databases, second_server: str
+) -> None:
+    """As on a managed PostgreSQL: the service's user has CREATEROLE and CREATEDB only (and,
+    since PostgreSQL 16, may not act as a role it created unless it grants itself that)."""
+    admin = databases.name("operator")
+    with psycopg.connect(second_server, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {admin} LOGIN CREATEROLE CREATEDB")
+        conn.execute(f"CREATE DATABASE {admin} OWNER {admin}")
+    master = make_conninfo(second_server, user=admin, dbname=admin)
+    assert asyncio.run(run_one(master, "master", mode="up")).status is Status.APPLIED
+    new = _provision(master, "Managed New")
+    _provision_the_old_way(master, "Managed Old", "managed-old")
+
+    converted = _isolate(master, "--all", "--json")
+
+    assert converted.returncode == 0, converted.stdout + converted.stderr
+    statuses = {r["tenant"]: r["status"] for r in map(json.loads, converted.stdout.splitlines())}
+    assert statuses == {new.slug: "already-isolated", "managed-old": "isolated"}
+    old = _location(master, "managed-old")
+    assert _not_owned_by(with_database(master, old.database_name), str(old.role_name)) == []
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        psycopg.connect(_as_role_of(master, new.slug, database=old.database_name))
