@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
 __all__ = [
+    "MAY_SET_ROLE",
     "IsolationError",
     "TenantRole",
     "drop_role",
@@ -31,6 +32,11 @@ __all__ = [
 
 # Written on every role we make; a role without it is not ours to take over or drop.
 ROLE_MARKER = "studio-rpc tenant role"
+# The privilege of pg_has_role that allows SET ROLE: since PostgreSQL 16 a CREATEROLE creator
+# holds only ADMIN OPTION on the roles it makes, which no longer implies it.
+MAY_SET_ROLE = (
+    "CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END"
+)
 
 # System schemas, and the ones PostgreSQL makes for temporary and TOAST tables.
 # (%% is a literal % in a query with parameters)
@@ -152,12 +158,9 @@ async def _ensure_role(
                 sql.SQL("ALTER ROLE {} LOGIN {}").format(ident, _password_clause(conn, role))
             )
             changes.append("set the role's password")
-    # A non-superuser administrator must be able to SET ROLE to it to hand objects over (a
-    # CREATEROLE creator gets only ADMIN OPTION since PostgreSQL 16, which has 'SET' here).
+    # A non-superuser administrator must be able to SET ROLE to it to hand objects over.
     cur = await conn.execute(
-        "SELECT NOT rolsuper AND NOT pg_has_role(current_user, %s,"
-        " CASE WHEN current_setting('server_version_num')::int >= 160000"
-        " THEN 'SET' ELSE 'MEMBER' END)"
+        f"SELECT NOT rolsuper AND NOT pg_has_role(current_user, %s, {MAY_SET_ROLE})"
         " FROM pg_roles WHERE rolname = current_user",
         (role.name,),
     )

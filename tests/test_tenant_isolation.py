@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -46,6 +47,12 @@ def _as_role_of(master_url: str, slug: str, *, database: str | None = None) -> s
     return make_conninfo(conninfo, dbname=database) if database else conninfo
 
 
+async def _master(databases: Databases, label: str) -> str:
+    master_url = databases.create(label)
+    await run_one(master_url, "master", mode="up")
+    return master_url
+
+
 def _provision(master_url: str, name: str) -> ProvisionedTenant:
     return asyncio.run(provision_tenant(master_url, name=name))
 
@@ -78,7 +85,15 @@ def _isolate(master_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def _ownership(admin_url: str) -> dict[str, object]:
+@dataclass(frozen=True)
+class Ownership:
+    tables: dict[str, str]  # table or sequence -> its owner
+    database_owner: str
+    acl: list[str] | None
+    public_may_connect: bool
+
+
+def _ownership(admin_url: str) -> Ownership:
     """Who owns the database and its tables, and who may connect: as a DBA would check."""
     with psycopg.connect(admin_url) as conn:
         owners = conn.execute(
@@ -92,12 +107,12 @@ def _ownership(admin_url: str) -> dict[str, object]:
             " FROM pg_database WHERE datname = current_database()"
         ).fetchone()
     assert database is not None
-    return {
-        "tables": dict(owners),
-        "database_owner": database[0],
-        "acl": database[1],
-        "public_may_connect": database[2],
-    }
+    return Ownership(
+        {str(name): str(owner) for name, owner in owners},
+        str(database[0]),
+        database[1],
+        bool(database[2]),
+    )
 
 
 def _not_owned_by(admin_url: str, role: str) -> list[tuple[str, str]]:
@@ -172,27 +187,36 @@ def test_a_studios_database_and_everything_in_it_belong_to_its_role(
     admin_url = with_database(api_server.master_url, tenant.database_name)
 
     ownership = _ownership(admin_url)
-    assert ownership["database_owner"] == tenant.role_name
-    assert ownership["public_may_connect"] is False
-    assert {"clients", "sessions", "history"} <= set(ownership["tables"])  # type: ignore[arg-type]
-    assert set(ownership["tables"].values()) == {tenant.role_name}  # type: ignore[attr-defined]
+    assert ownership.database_owner == tenant.role_name
+    assert ownership.public_may_connect is False
+    assert {"clients", "sessions", "history"} <= set(ownership.tables)
+    assert set(ownership.tables.values()) == {tenant.role_name}
     assert _not_owned_by(admin_url, tenant.role_name) == []  # schemas, sequences, types too
 
 
-async def test_what_a_later_migration_creates_belongs_to_the_role_too(
+def test_what_a_later_migration_creates_belongs_to_the_role_too(
     databases: Databases, tenant_migrations: object
 ) -> None:
-    master_url = databases.create("iso_fleet")
-    await run_one(master_url, "master", mode="up")
-    tenant = await provision_tenant(master_url, name="Later")
+    master_url = asyncio.run(_master(databases, "iso_fleet"))
+    tenant = _provision(master_url, "Later")
     folder: Path = tenant_migrations()  # type: ignore[operator]
     (folder / "0009_add_labels.sql").write_text("CREATE TABLE labels (id bigint, name text);\n")
 
-    reports = await Fleet(master_url, FleetOptions(tenant_dir=folder)).run()
+    reports = asyncio.run(Fleet(master_url, FleetOptions(tenant_dir=folder)).run())
 
     assert [r.status for r in reports[1:]] == [Status.APPLIED]
-    ownership = _ownership(with_database(master_url, tenant.database_name))
-    assert ownership["tables"]["labels"] == tenant.role_name  # type: ignore[index]
+    admin_url = with_database(master_url, tenant.database_name)
+    assert _ownership(admin_url).tables["labels"] == tenant.role_name
+    # and when an administrator migrates that one database by its URL, as the superuser
+    (folder / "0010_add_colours.sql").write_text("CREATE TABLE colours (id bigint);\n")
+    by_url = subprocess.run(
+        [STUDIO, "migrate", "up", "--database-url", admin_url, "--kind", "tenant",
+         "--migrations-dir", str(folder)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert by_url.returncode == 0, by_url.stdout + by_url.stderr
+    assert _ownership(admin_url).tables["colours"] == tenant.role_name
+    assert _not_owned_by(admin_url, tenant.role_name) == []
 
 
 def test_a_studio_made_before_tenant_roles_is_converted_and_stays_served(
@@ -200,13 +224,14 @@ def test_a_studio_made_before_tenant_roles_is_converted_and_stays_served(
 ) -> None:
     master = api_server.master_url
     key = _provision_the_old_way(master, "Old Timer", "old-timer")
-    admin_url = with_database(master, tenant_database_name(master, "old-timer"))
+    database = tenant_database_name(master, "old-timer")
+    admin_url = with_database(master, database)
     api = api_server.api(key)
     try:
         api.client("Before")  # served as the server's user, as before
     finally:
         api.close()
-    assert _ownership(admin_url)["public_may_connect"] is True
+    assert _ownership(admin_url).public_may_connect is True
 
     converted = _isolate(master, "old-timer", "--json")
 
@@ -217,9 +242,9 @@ def test_a_studio_made_before_tenant_roles_is_converted_and_stays_served(
     assert "handed" in " ".join(report["changes"])
     assert _location(master, "old-timer").role_password not in converted.stdout
     ownership = _ownership(admin_url)
-    assert ownership["database_owner"] == role
-    assert ownership["public_may_connect"] is False
-    assert set(ownership["tables"].values()) == {role}  # type: ignore[attr-defined]
+    assert ownership.database_owner == role
+    assert ownership.public_may_connect is False
+    assert set(ownership.tables.values()) == {role}
     assert _not_owned_by(admin_url, role) == []
     # the running server reaches it as its role now, and the data made before is there
     _served_as(api_server, key, admin_url, role)
@@ -228,7 +253,7 @@ def test_a_studio_made_before_tenant_roles_is_converted_and_stays_served(
         assert "Before" in names
     other = _provision(master, "Neighbour")
     with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
-        psycopg.connect(_as_role_of(master, other.slug, database=report["database"].split("/")[1]))
+        psycopg.connect(_as_role_of(master, other.slug, database=database))
     with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
         psycopg.connect(_as_role_of(master, "old-timer", database=other.database_name))
 
@@ -238,12 +263,6 @@ def test_a_studio_made_before_tenant_roles_is_converted_and_stays_served(
     assert json.loads(again.stdout)["status"] == "already-isolated"
     assert json.loads(again.stdout)["changes"] == []
     assert (_ownership(admin_url), _role_row(master, "old-timer")) == before
-
-
-async def _master(databases: Databases, label: str) -> str:
-    master_url = databases.create(label)
-    await run_one(master_url, "master", mode="up")
-    return master_url
 
 
 def test_isolate_all_converts_every_old_studio_and_refuses_a_strangers_role(

@@ -59,6 +59,7 @@ async def run_one(
         file_problems=problems,
         lock_wait=lock_wait,
         baseline_version=baseline_version,
+        as_owner=kind == "tenant",
     )
     report.server = server_of(conninfo)
     return report
@@ -161,6 +162,7 @@ class Fleet:
                         mode=self.options.mode,
                         file_problems=problems,
                         lock_wait=self.options.lock_wait,
+                        as_owner=True,
                     )
                 )
                 self._running.add(task)
