@@ -18,6 +18,7 @@ from psycopg.conninfo import make_conninfo
 
 from db.api_keys import create_key
 from db.engines import create_engine_for
+from db.local_postgres import LocalPostgres
 from db.migrations.fleet import Fleet, FleetOptions, run_one
 from db.migrations.runner import Status
 from db.tenant_catalog import TenantLocation, list_tenants, tenant_conninfo, with_database
@@ -322,3 +323,29 @@ def test_an_administrator_that_is_not_a_superuser_can_provision_and_convert(
     assert _not_owned_by(with_database(master, old.database_name), str(old.role_name)) == []
     with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
         psycopg.connect(_as_role_of(master, new.slug, database=old.database_name))
+
+
+def test_on_a_server_that_checks_passwords_the_service_logs_in_as_the_role(
+    tmp_path: Path,
+) -> None:
+    """Only the administrator is trusted; every other user must give its SCRAM password."""
+    cluster = LocalPostgres(tmp_path / "data", durable=False)
+    cluster.start()
+    try:
+        (cluster.data_dir / "pg_hba.conf").write_text(
+            "host all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
+        )
+        with psycopg.connect(cluster.url(), autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute("CREATE DATABASE master")
+        master = cluster.url("master")
+        assert asyncio.run(run_one(master, "master", mode="up")).status is Status.APPLIED
+        tenant = _provision(master, "Checked")
+
+        with psycopg.connect(_as_role_of(master, tenant.slug)) as conn:
+            assert conn.execute("SELECT count(*) FROM clients").fetchone() == (0,)
+        wrong = make_conninfo(_as_role_of(master, tenant.slug), password="guess")
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(wrong)
+    finally:
+        cluster.stop("immediate")
