@@ -54,6 +54,10 @@ async def _master(databases: Databases, label: str) -> str:
     return master_url
 
 
+def _dbname(url: str) -> str:
+    return str(psycopg.conninfo.conninfo_to_dict(url)["dbname"])
+
+
 def _provision(master_url: str, name: str) -> ProvisionedTenant:
     return asyncio.run(provision_tenant(master_url, name=name))
 
@@ -136,7 +140,7 @@ def _role_row(master_url: str, slug: str) -> tuple[object, ...]:
 
 def _service_users(admin_url: str) -> set[str]:
     """The users the service's pooled connections to this database are logged in as."""
-    database = psycopg.conninfo.conninfo_to_dict(admin_url)["dbname"]
+    database = _dbname(admin_url)
     with psycopg.connect(with_database(admin_url, "postgres")) as conn:
         rows = conn.execute(
             "SELECT DISTINCT usename FROM pg_stat_activity"
@@ -174,6 +178,10 @@ def test_a_studios_role_cannot_connect_to_another_studios_database(
     for role_of, other in ((a, b), (b, a)):
         with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
             psycopg.connect(_as_role_of(master, role_of.slug, database=other.database_name))
+
+    catalogue = _as_role_of(master, a.slug, database=_dbname(master))  # nor the master's
+    with psycopg.connect(catalogue) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT role_password FROM tenant_databases")
 
     for tenant in (a, b):  # the service serves both, each as its own role only
         admin_url = with_database(master, tenant.database_name)
@@ -277,6 +285,14 @@ def test_isolate_all_converts_every_old_studio_and_refuses_a_strangers_role(
     with psycopg.connect(master, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {stranger} NOLOGIN")
 
+    status = subprocess.run(
+        [STUDIO, "migrate", "status", "--json"], env={**os.environ, "STUDIO_DATABASE_URL": master},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    warned = {r["target"]: r["warnings"] for r in map(json.loads, status.stdout.splitlines()[:-1])}
+    assert warned[f"tenant {new.slug}"] == []
+    assert "studio tenants isolate old-one" in warned["tenant old-one"][0]
+
     first = _isolate(master, "--all", "--json")
 
     assert first.returncode == 3, first.stdout + first.stderr
@@ -297,6 +313,11 @@ def test_isolate_all_converts_every_old_studio_and_refuses_a_strangers_role(
     assert sum("already-isolated" in line for line in lines) == 2
     assert "taken: isolated" in second.stdout
     assert _isolate(master, "--all").stdout.count("already-isolated") == 3
+    status = subprocess.run(
+        [STUDIO, "migrate", "status", "--json"], env={**os.environ, "STUDIO_DATABASE_URL": master},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "studio tenants isolate" not in status.stdout
     assert _isolate(master, "nope").returncode == 1
 
 
