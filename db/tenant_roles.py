@@ -30,6 +30,7 @@ __all__ = [
     "tenant_role_name",
 ]
 
+LOCK_TIMEOUT = "5s"
 # Written on every role we make; a role without it is not ours to take over or drop.
 ROLE_MARKER = "studio-rpc tenant role"
 # The privilege of pg_has_role that allows SET ROLE: since PostgreSQL 16 a CREATEROLE creator
@@ -219,6 +220,9 @@ async def isolate_database(
     `role`, in one transaction: the role exists (its password set when `set_password`), owns
     the database and every object in it, and PUBLIC may not connect. What it changed."""
     async with conn.transaction():
+        # Changing a table's owner locks it: never queue behind (or in front of) the
+        # service's calls for long; a tenant that times out is reported and can be rerun.
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         changes = await _ensure_role(conn, role, database_name, set_password=set_password)
         changes += await _own_database(conn, role, database_name)
         objects = await objects_not_owned_by(conn, role.name)

@@ -31,6 +31,7 @@ from db.tenants import (
     tenant_database_name,
 )
 from tests.conftest import ApiServer, Databases
+from tests.row_lock import RowLock
 from tests.serving import STUDIO
 
 
@@ -370,3 +371,30 @@ def test_on_a_server_that_checks_passwords_the_service_logs_in_as_the_role(
             psycopg.connect(wrong)
     finally:
         cluster.stop("immediate")
+
+
+def test_converting_a_studio_in_use_gives_up_on_a_held_lock_and_changes_nothing(
+    databases: Databases,
+) -> None:
+    """A call holding a row of the studio's: the conversion does not queue behind it (nor
+    block the calls after it) for long; it is reported failed, undone, and can be rerun."""
+    master = asyncio.run(_master(databases, "iso_busy"))
+    _provision_the_old_way(master, "Busy", "busy")
+    admin_url = with_database(master, tenant_database_name(master, "busy"))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO clients (id, name) VALUES (1, 'Holding a row')")
+    before = _ownership(admin_url)
+
+    with RowLock(admin_url, 1, table="clients"):
+        started = time.monotonic()
+        busy = _isolate(master, "busy", "--json")
+        waited = time.monotonic() - started
+
+    assert busy.returncode == 3, busy.stdout + busy.stderr
+    report = json.loads(busy.stdout)
+    assert report["status"] == "failed"
+    assert "lock timeout" in report["error"]
+    assert waited < 20
+    assert _ownership(admin_url) == before  # one transaction: nothing half done
+    assert _location(master, "busy").role_name is None
+    assert json.loads(_isolate(master, "busy", "--json").stdout)["status"] == "isolated"
