@@ -119,6 +119,8 @@ def _key_records() -> Select[Any]:
             organizations.c.slug,
             tenant_databases.c.server_url,
             tenant_databases.c.database_name,
+            tenant_databases.c.role_name,
+            tenant_databases.c.role_password,
         )
         .join(organizations, organizations.c.id == api_keys.c.organization_id)
         .join(tenant_databases, tenant_databases.c.organization_id == organizations.c.id)
@@ -126,10 +128,12 @@ def _key_records() -> Select[Any]:
 
 
 def _key_record(row: Row[Any]) -> KeyRecord:
-    _prefix, sha, role, revoked, active, org_id, slug, server_url, database_name = tuple(row)
+    _prefix, sha, role, revoked, active, org_id, slug, server_url, database_name, *tenant_role = (
+        tuple(row)
+    )
     return KeyRecord(
         bytes(sha), role, bool(revoked), bool(active),
-        TenantLocation(org_id, slug, server_url, database_name),
+        TenantLocation(org_id, slug, server_url, database_name, *tenant_role),
     )  # fmt: skip
 
 

@@ -74,6 +74,10 @@ tenant_databases = Table(
     Column("server_url", Text),
     Column("database_name", String(63), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    # The role the tenant is reached with (its owner) and that role's password, a secret;
+    # both NULL for a tenant made before tenant roles, until `studio tenants isolate`.
+    Column("role_name", String(63)),
+    Column("role_password", Text),
     UniqueConstraint(
         "server_url",
         "database_name",
@@ -81,4 +85,6 @@ tenant_databases = Table(
         postgresql_nulls_not_distinct=True,
     ),
     CheckConstraint("database_name ~ '^[a-z_][a-z0-9_]*$'", name="database_name"),
+    CheckConstraint("role_name ~ '^[a-z_][a-z0-9_]*$'", name="role_name"),
+    CheckConstraint("(role_name IS NULL) = (role_password IS NULL)", name="role"),
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -12,8 +12,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TenantLocation",
+    "admin_conninfo",
     "describe_conninfo",
     "list_tenants",
+    "record_tenant_role",
     "server_of",
     "tenant_conninfo",
     "with_database",
@@ -26,11 +28,29 @@ class TenantLocation:
     slug: str
     server_url: str | None
     database_name: str
+    # The tenant's own role, which owns its database; None: a tenant made before tenant
+    # roles, reached as the user of server_url (or of the master URL).
+    role_name: str | None = None
+    role_password: str | None = field(default=None, repr=False)  # a secret
 
 
 def tenant_conninfo(master_url: str, location: TenantLocation) -> str:
-    """A tenant's database on its own server, or on the master's when server_url is NULL."""
-    return make_conninfo(location.server_url or master_url, dbname=location.database_name)
+    """A tenant's database on its own server, or on the master's when server_url is NULL,
+    as the tenant's own role when it has one (never with the server user's password)."""
+    params = conninfo_to_dict(location.server_url or master_url)
+    params["dbname"] = location.database_name
+    if location.role_name is not None:
+        params.pop("password", None)
+        params["user"] = location.role_name
+        if location.role_password is not None:
+            params["password"] = location.role_password
+    return make_conninfo("", **params)
+
+
+def admin_conninfo(master_url: str, location: TenantLocation) -> str:
+    """A tenant's database as the user of its server URL: for changing its roles, not for
+    serving it."""
+    return with_database(location.server_url or master_url, location.database_name)
 
 
 def with_database(url: str, dbname: str) -> str:
@@ -50,11 +70,29 @@ def describe_conninfo(conninfo: str) -> str:
 
 async def list_tenants(master: AsyncConnection[tuple[object, ...]]) -> list[TenantLocation]:
     cur = await master.execute(
-        "SELECT o.id, o.slug, t.server_url, t.database_name"
+        "SELECT o.id, o.slug, t.server_url, t.database_name, t.role_name, t.role_password"
         " FROM tenant_databases t JOIN organizations o ON o.id = t.organization_id"
         " ORDER BY o.id"
     )
     return [
-        TenantLocation(int(str(i)), str(s), None if u is None else str(u), str(d))
-        for i, s, u, d in await cur.fetchall()
+        TenantLocation(int(str(i)), str(s), _text(u), str(d), _text(r), _text(p))
+        for i, s, u, d, r, p in await cur.fetchall()
     ]
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+async def record_tenant_role(
+    master: AsyncConnection[tuple[object, ...]],
+    organization_id: int,
+    role_name: str,
+    role_password: str,
+) -> None:
+    """Reach the tenant as `role_name` from now on (servers pick it up within their key
+    cache time: a tenant's pool is keyed by its role too)."""
+    await master.execute(
+        "UPDATE tenant_databases SET role_name = %s, role_password = %s WHERE organization_id = %s",
+        (role_name, role_password, organization_id),
+    )

@@ -55,14 +55,15 @@ class TenantEngines:
         self.idle_seconds = idle_seconds
         self.budget = ConnectionBudget(max_connections, wait=pool_timeout, on_full=self._make_room)
         # Least recently used first: `connect` moves a tenant to the end.
-        self._entries: dict[tuple[str | None, str], _Entry] = {}
+        self._entries: dict[tuple[str | None, str, str | None], _Entry] = {}
         self._evicting: asyncio.Task[None] | None = None
 
     def connect(self, tenant: TenantLocation) -> AsyncConnection:
         """A connection to the tenant's database, checked out of its pool on `async with`.
         Enter it at once: the pool counts it as busy (so it is not closed under the
         caller) from then on."""
-        key = (tenant.server_url, tenant.database_name)
+        # The role too: a tenant converted to its own role gets a pool that logs in as it.
+        key = (tenant.server_url, tenant.database_name, tenant.role_name)
         entry = self._entries.pop(key, None)
         now = time.monotonic()
         if entry is None:

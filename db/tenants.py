@@ -1,9 +1,10 @@
-"""Provisioning an organization: its own database, migrated, and a first admin key.
+"""Provisioning an organization: its own database and role, migrated, and a first admin key.
 
 The steps cannot share one transaction (CREATE DATABASE refuses to run inside one), so they are
-ordered to be undoable: create and migrate the database first, then register the organization,
-its database and its key in one master transaction. If anything fails, the new database is
-dropped again, and nothing is left behind in the master.
+ordered to be undoable: create the database, give it a role of its own (db/tenant_roles.py) and
+migrate it as that role, then register the organization, its database, its role and its key in
+one master transaction. If anything fails, the new database and role are dropped again, and
+nothing is left behind in the master.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from db.engines import create_engine_for
 from db.master_tables import organizations, tenant_databases
 from db.migrations.fleet import run_one
 from db.migrations.runner import Status
-from db.tenant_catalog import with_database
+from db.tenant_catalog import TenantLocation, tenant_conninfo, with_database
+from db.tenant_roles import (
+    IsolationError,
+    TenantRole,
+    drop_role,
+    isolate_database,
+    new_password,
+    tenant_role_name,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -51,6 +60,7 @@ class ProvisionedTenant:
     database_name: str
     server_url: str | None
     api_key: str
+    role_name: str  # the role the service reaches the database with, its owner
 
 
 def slugify(name: str) -> str:
@@ -81,7 +91,8 @@ async def create_database_if_missing(url: str) -> bool:
         return True
 
 
-async def _drop_database(url: str) -> None:
+async def _drop_database(url: str, role_name: str) -> None:
+    """The database, then its role (a role cannot go while it owns a database)."""
     dbname = str(conninfo_to_dict(url)["dbname"])
     async with await psycopg.AsyncConnection.connect(
         with_database(url, "postgres"), autocommit=True
@@ -89,6 +100,14 @@ async def _drop_database(url: str) -> None:
         await conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
         )
+        await drop_role(conn, role_name)
+
+
+async def _give_own_role(admin_url: str, database_name: str) -> TenantRole:
+    role = TenantRole(tenant_role_name(database_name), new_password())
+    async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as conn:
+        await isolate_database(conn, database_name, role, set_password=True)
+    return role
 
 
 async def register_tenant(
@@ -98,15 +117,21 @@ async def register_tenant(
     slug: str,
     database_name: str,
     server_url: str | None = None,
+    role: TenantRole | None = None,
 ) -> int:
-    """Record an organization and where its (existing, migrated) database lives; its id."""
+    """Record an organization and where its (existing, migrated) database lives; its id.
+    Without `role` it is reached as the server's user until `studio tenants isolate`."""
     org_id = await master.scalar(
         insert(organizations).values(name=name, slug=slug).returning(organizations.c.id)
     )
     assert org_id is not None
     await master.execute(
         insert(tenant_databases).values(
-            organization_id=org_id, server_url=server_url, database_name=database_name
+            organization_id=org_id,
+            server_url=server_url,
+            database_name=database_name,
+            role_name=None if role is None else role.name,
+            role_password=None if role is None else role.password,
         )
     )
     return int(org_id)
@@ -127,21 +152,30 @@ async def provision_tenant(
             )
         if taken is not None:
             raise ProvisionError(f"an organization with slug {slug!r} already exists")
-        tenant_url = with_database(server_url or master_url, database_name)
-        if not await create_database_if_missing(tenant_url):
+        admin_url = with_database(server_url or master_url, database_name)
+        if not await create_database_if_missing(admin_url):
             raise ProvisionError(f"database {database_name} already exists; refusing to reuse it")
         try:
-            report = await run_one(tenant_url, "tenant", mode="up", target=f"tenant {slug}")
+            role = await _give_own_role(admin_url, database_name)
+            # Migrated as its role, as every later `studio migrate up` does: it owns it all.
+            location = TenantLocation(0, slug, server_url, database_name, role.name, role.password)
+            report = await run_one(
+                tenant_conninfo(master_url, location), "tenant", mode="up", target=f"tenant {slug}"
+            )
             if report.status not in {Status.APPLIED, Status.UP_TO_DATE}:
                 raise ProvisionError(f"migrating the new database failed: {report.as_dict()}")
             async with master.begin() as conn:
                 org_id = await register_tenant(
-                    conn, name=name, slug=slug, database_name=database_name, server_url=server_url
-                )
+                    conn, name=name, slug=slug, database_name=database_name,
+                    server_url=server_url, role=role,
+                )  # fmt: skip
                 api_key = await create_key(conn, organization_id=org_id, role="admin", name="admin")
+        except IsolationError as exc:
+            await _drop_database(admin_url, tenant_role_name(database_name))
+            raise ProvisionError(str(exc)) from exc
         except BaseException:
-            await _drop_database(tenant_url)
+            await _drop_database(admin_url, tenant_role_name(database_name))
             raise
     finally:
         await master.dispose()
-    return ProvisionedTenant(org_id, slug, database_name, server_url, api_key)
+    return ProvisionedTenant(org_id, slug, database_name, server_url, api_key, role.name)

@@ -3,7 +3,8 @@
 The server is, in order: STUDIO_TEST_PG_URL if set; the machine's PostgreSQL on
 127.0.0.1:5432 if it answers; else a throwaway cluster started here (and stopped at the end).
 STUDIO_TEST_PG=throwaway forces the throwaway cluster. Every database a test makes is named
-after this run (st_<run id>_...) and dropped at the end, so runs never share state.
+after this run (st_<run id>_...) and dropped at the end, and so is every role (tenant roles are
+named like their databases), so runs never share state.
 """
 
 from __future__ import annotations
@@ -102,6 +103,13 @@ class Databases:
                 conn.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
+            # Tenant roles are named like their databases, and are cluster-wide: once the
+            # databases they own are gone, the run's roles go too.
+            roles = conn.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (f"st_{RUN_ID}_%",)
+            ).fetchall()
+            for (role,) in roles:
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture(scope="session")

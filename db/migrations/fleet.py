@@ -59,6 +59,7 @@ async def run_one(
         file_problems=problems,
         lock_wait=lock_wait,
         baseline_version=baseline_version,
+        as_owner=kind == "tenant",
     )
     report.server = server_of(conninfo)
     return report
@@ -67,7 +68,8 @@ async def run_one(
 @dataclass(frozen=True)
 class Target:
     name: str  # "tenant <slug>"
-    conninfo: str
+    conninfo: str = field(repr=False)  # as the tenant's role: holds its password
+    isolated: bool = True  # False: made before tenant roles, reached as the server's user
 
     @cached_property
     def server(self) -> str:
@@ -134,7 +136,10 @@ class Fleet:
                 tenants = await list_tenants(conn)
             except psycopg.errors.UndefinedTable:
                 return []  # `status` on a master never migrated: it lists no tenants yet
-        targets = [Target(f"tenant {t.slug}", tenant_conninfo(self.master_url, t)) for t in tenants]
+        targets = [
+            Target(f"tenant {t.slug}", tenant_conninfo(self.master_url, t), t.role_name is not None)
+            for t in tenants
+        ]
         if self.options.only is not None:
             targets = [t for t in targets if t.name in self.options.only]
         return targets
@@ -161,6 +166,7 @@ class Fleet:
                         mode=self.options.mode,
                         file_problems=problems,
                         lock_wait=self.options.lock_wait,
+                        as_owner=True,
                     )
                 )
                 self._running.add(task)
@@ -173,6 +179,12 @@ class Fleet:
                 finally:
                     self._running.discard(task)
             report.server = target.server
+            if not target.isolated:
+                slug = target.name.removeprefix("tenant ")
+                report.warnings.append(
+                    "reached as the server's user, not a role of its own: convert it with"
+                    f" `studio tenants isolate {slug}`"
+                )
             self._emit(report)
             if report.status in BAD:
                 self._failures += 1

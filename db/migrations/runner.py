@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import psycopg
+from psycopg import sql
 
 from db.migrations import history
 from db.migrations.files import MigrationFile
+from db.tenant_roles import MAY_SET_ROLE
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -311,11 +313,13 @@ async def run_database(
     baseline_version: int | None = None,
     connect_timeout: int = 10,
     lock_retries: int = LOCK_RETRIES,
+    as_owner: bool = False,
 ) -> DatabaseReport:
     """Bring one database up to date (mode "up"), or only report on it ("status").
 
     "baseline" records files up to `baseline_version` as present; "repair" accepts the edit
-    of applied file `baseline_version`.
+    of applied file `baseline_version`. `as_owner` (tenant databases): act as the database's
+    owner when the user connected may, so that what the files create belongs to it.
     """
     started = time.monotonic()
     report = DatabaseReport(target=target, status=Status.UP_TO_DATE)
@@ -333,6 +337,8 @@ async def run_database(
         return report
     try:
         async with conn:
+            if as_owner:
+                await _act_as_owner(conn)
             await _run(conn, files, report, mode=mode, file_problems=file_problems or [],
                        lock_wait=lock_wait, version=baseline_version,
                        lock_retries=lock_retries)  # fmt: skip
@@ -343,6 +349,20 @@ async def run_database(
         report.problems.append(str(exc).strip())
     report.duration_ms = int((time.monotonic() - started) * 1000)
     return report
+
+
+async def _act_as_owner(conn: AsyncConnection[tuple[object, ...]]) -> None:
+    """SET ROLE to the database's owner (a tenant's own role) for the whole session, when
+    connected as another user that may: an administrator migrating one tenant by its URL
+    then creates objects the tenant's role owns, as a fleet run (connected as it) does."""
+    cur = await conn.execute(
+        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+        " AND pg_get_userbyid(datdba) <> current_user"
+        f" AND pg_has_role(current_user, datdba, {MAY_SET_ROLE})"
+    )
+    row = await cur.fetchone()
+    if row is not None:
+        await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(str(row[0]))))
 
 
 def _refuse(report: DatabaseReport, plan: _Plan, file_problems: list[str]) -> bool:

@@ -6,14 +6,15 @@ import argparse
 import sys
 from typing import cast
 
-from server.cli import admin, migrate, serve
+from server.cli import admin, migrate, serve, tenant_isolation
 from server.cli.closed_pipe import ClosedPipeTolerant
 from server.cli.help import StudioParser
 
 __all__ = ["main"]
 
 # Each module adds its own sub-commands: add_parser(commands).
-COMMANDS = [serve.add_parser, migrate.add_parser, admin.add_parser]
+# tenant_isolation adds `tenants isolate` beside admin's `tenants`: it comes after admin.
+COMMANDS = [serve.add_parser, migrate.add_parser, admin.add_parser, tenant_isolation.add_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
