@@ -18,7 +18,7 @@ from db.migrations.fleet import Fleet, FleetOptions, run_one
 from db.migrations.runner import Status
 from db.tenant_catalog import with_database
 from db.tenants import provision_tenant
-from tests.conftest import Databases
+from tests.conftest import RUN_ID, Databases
 from tests.polling import wait_until
 from tests.serving import STUDIO
 
@@ -91,7 +91,8 @@ async def _peak_connections(setup: FleetSetup, stop: asyncio.Event) -> dict[str,
         for server, conn in conns.items():
             cur = await conn.execute(
                 "SELECT count(*) FROM pg_stat_activity"
-                " WHERE application_name = 'studio-migrate up' AND datname LIKE '%\\_t\\_%'"
+                " WHERE application_name = 'studio-migrate up' AND datname LIKE %s",
+                (f"st\\_{RUN_ID}\\_%\\_t\\_%",),  # this run's tenants: others share the server
             )
             row = await cur.fetchone()
             peak[server] = max(peak[server], int(row[0]) if row else 0)

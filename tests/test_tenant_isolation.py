@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import subprocess
 import time
 from dataclasses import dataclass
@@ -328,10 +329,11 @@ def test_an_administrator_that_is_not_a_superuser_can_provision_and_convert(
     """As on a managed PostgreSQL: the service's user has CREATEROLE and CREATEDB only (and,
     since PostgreSQL 16, may not act as a role it created unless it grants itself that)."""
     admin = databases.name("operator")
+    password = secrets.token_hex(16)  # the embedded server checks passwords
     with psycopg.connect(second_server, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {admin} LOGIN CREATEROLE CREATEDB")
+        conn.execute(f"CREATE ROLE {admin} LOGIN CREATEROLE CREATEDB PASSWORD '{password}'")
         conn.execute(f"CREATE DATABASE {admin} OWNER {admin}")
-    master = make_conninfo(second_server, user=admin, dbname=admin)
+    master = make_conninfo(second_server, user=admin, dbname=admin, password=password)
     assert asyncio.run(run_one(master, "master", mode="up")).status is Status.APPLIED
     new = _provision(master, "Managed New")
     _provision_the_old_way(master, "Managed Old", "managed-old")

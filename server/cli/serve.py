@@ -137,14 +137,32 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    # JSON lines on stderr, written in batches by a thread: a write that blocks (a slow disk,
-    # a full pipe) must not stall the event loop (server/log_setup.py).
-    with json_logging():
-        try:
-            return asyncio.run(_serve(args))
-        except Exception:  # the traceback goes in the log line, as every other one
-            log.critical("studio serve stopped on an unexpected error", exc_info=True)
-            return EXIT_UNEXPECTED
+    data_dir: Path = args.data_dir.resolve() if args.data_dir else default_data_dir()
+    with contextlib.ExitStack() as held:
+        reservation = None
+        if not args.as_worker:  # the supervisor holds the data directory and the port
+            # Refused before anything starts, in one plain line (nothing is logged yet): a
+            # second server on this data directory or port.
+            try:
+                held.callback(lock_data_dir(data_dir).release)
+                if args.workers > 1:
+                    reservation = reserve_port(args.host, args.port)
+                    held.callback(reservation.close)
+                else:
+                    check_port_free(args.host, args.port)
+            except (DataDirInUse, PortInUse) as exc:
+                return refuse(exc)
+        # JSON lines on stderr, written in batches by a thread: a write that blocks (a slow
+        # disk, a full pipe) must not stall the event loop (server/log_setup.py).
+        with json_logging():
+            try:
+                return asyncio.run(_serve(args, data_dir, reservation))
+            except PortInUse as exc:  # taken between our check and grpc's bind
+                log.error("studio serve: %s", exc)
+                return EXIT_STARTUP_FAILED
+            except Exception:  # the traceback goes in the log line, as every other one
+                log.critical("studio serve stopped on an unexpected error", exc_info=True)
+                return EXIT_UNEXPECTED
 
 
 def refuse(reason: object) -> int:
@@ -164,26 +182,13 @@ def _stop_on_signals(worker: bool) -> asyncio.Event:
     return stop
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    data_dir: Path = args.data_dir.resolve() if args.data_dir else default_data_dir()
+async def _serve(
+    args: argparse.Namespace, data_dir: Path, reservation: PortReservation | None
+) -> int:
     # Handlers first: a signal during start-up still stops the embedded PostgreSQL, and a
     # SIGTERM right after "serving" is announced stops us cleanly.
     stop = _stop_on_signals(args.as_worker)
-    try:
-        if args.as_worker:  # the supervisor holds the data directory and the port
-            return await _serve_one(args, data_dir, stop)
-        with contextlib.ExitStack() as held:
-            # Refused before anything starts: a second server on this data directory or port.
-            held.callback(lock_data_dir(data_dir).release)
-            reservation = None
-            if args.workers > 1:
-                reservation = reserve_port(args.host, args.port)
-                held.callback(reservation.close)
-            else:
-                check_port_free(args.host, args.port)
-            return await _serve_one(args, data_dir, stop, reservation)
-    except (DataDirInUse, PortInUse) as exc:  # PortInUse also if taken before grpc bound it
-        return refuse(exc)
+    return await _serve_one(args, data_dir, stop, reservation)
 
 
 async def _serve_one(
