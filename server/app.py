@@ -29,6 +29,7 @@ TASK_STOP_SECONDS = 5.0
 @dataclass
 class App:
     serving: ServingServer
+    pipeline: Pipeline
     engines: TenantEngines
     authenticator: Authenticator
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -39,7 +40,14 @@ class App:
 
     async def stop(self, grace: float) -> None:
         """Stop serving and close every pool; completes even if a background task died (its
-        death was logged when it happened) or will not end when cancelled."""
+        death was logged when it happened) or will not end when cancelled.
+
+        New calls are refused by the pipeline (UNAVAILABLE, SHUTTING_DOWN) and health says
+        NOT_SERVING at once; calls in flight get `grace` seconds, after which they are
+        cancelled as the gRPC server stops."""
+        deadline = asyncio.get_running_loop().time() + grace
+        await self.serving.leave_rotation()
+        await self.pipeline.drain(grace)
         for task in self.tasks:
             task.cancel()
         if self.tasks:
@@ -47,7 +55,7 @@ class App:
             for task in stuck:
                 log.error("background task %s did not stop when cancelled", task.get_name())
         try:
-            await self.serving.stop(grace)
+            await self.serving.stop(max(0.0, deadline - asyncio.get_running_loop().time()))
         finally:
             try:
                 await self.engines.close_all()
@@ -110,20 +118,14 @@ async def start_app(
     engines = TenantEngines(
         master_url, pool_size=tenant_pool_size, max_connections=max_db_connections
     )
-    serving = await start_server(
-        host,
-        port,
-        Pipeline(
-            authenticator,
-            engines,
-            FailedAuthThrottle(per_second=auth_failures_per_second),
-            max_concurrent_calls=max_concurrent_calls,
-        ),
-        ROUTERS,
-        tls=tls,
-        share_port=share_port,
+    pipeline = Pipeline(
+        authenticator,
+        engines,
+        FailedAuthThrottle(per_second=auth_failures_per_second),
+        max_concurrent_calls=max_concurrent_calls,
     )
-    app = App(serving, engines, authenticator)
+    serving = await start_server(host, port, pipeline, ROUTERS, tls=tls, share_port=share_port)
+    app = App(serving, pipeline, engines, authenticator)
     app.run_in_background(_watch_master(app), "watch the master database")
     app.run_in_background(_close_idle_pools(app), "close idle tenant pools")
     return app

@@ -45,9 +45,13 @@ class ServingServer:
         for name in ["", *self.services]:
             await self.health.set(name, status)
 
+    async def leave_rotation(self) -> None:
+        """NOT_SERVING for good: load balancers stop sending us calls."""
+        await self.health.enter_graceful_shutdown()
+
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let in-flight ones finish within `grace` seconds."""
-        await self.health.enter_graceful_shutdown()
+        await self.leave_rotation()
         await self.server.stop(grace)
 
 

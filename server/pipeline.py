@@ -1,6 +1,6 @@
 """The middleware every call goes through, outermost first:
 
-    log_call -> map_errors -> limit_calls -> limit_size -> apply_deadline -> authenticate
+    log_call -> map_errors -> admit -> limit_size -> apply_deadline -> authenticate
              -> parse_and_validate -> in_transaction -> the procedure
 
 Each middleware is a small function `(call, next) -> response`. Only `map_errors` talks to
@@ -12,6 +12,7 @@ answered UNIMPLEMENTED (`UnknownMethods`): it is logged and carries ErrorInfo to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -35,6 +36,7 @@ from server.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
+    Unavailable,
     Unimplemented,
 )
 from server.router import Procedure
@@ -197,12 +199,9 @@ class Pipeline:
         self.throttle = throttle or FailedAuthThrottle()
         self.max_concurrent_calls = max_concurrent_calls
         self.in_flight = 0
-        admission: tuple[Middleware, ...] = (
-            log_call,
-            map_errors,
-            *((self.limit_calls,) if max_concurrent_calls is not None else ()),
-            limit_size,
-        )
+        self.draining = False
+        self._drained = asyncio.Event()
+        admission: tuple[Middleware, ...] = (log_call, map_errors, self.admit, limit_size)
         self.chain = _compose(
             (
                 *admission,
@@ -229,11 +228,17 @@ class Pipeline:
         context.set_trailing_metadata((("x-request-id", call.request_id),))
         return response.SerializeToString()
 
-    async def limit_calls(self, call: Call, next_: Next) -> Message:
-        """At most `max_concurrent_calls` in flight; more are refused at once rather than
-        queued without bound. A plain counter: the event loop runs one call at a time."""
-        assert self.max_concurrent_calls is not None
-        if self.in_flight >= self.max_concurrent_calls:
+    async def admit(self, call: Call, next_: Next) -> Message:
+        """Counts the calls in flight. Refused at once rather than queued without bound: past
+        `max_concurrent_calls`, and every new call once the server drains for a shutdown (so
+        each gets our UNAVAILABLE, with ErrorInfo and a log line, not whatever grpc core
+        answers a call that races its shutdown). A plain counter: the loop runs one call at
+        a time."""
+        if self.draining:
+            raise Unavailable(
+                "SHUTTING_DOWN", "this server is shutting down; retry, another one will answer"
+            )
+        if self.max_concurrent_calls is not None and self.in_flight >= self.max_concurrent_calls:
             raise ResourceExhausted(
                 "TOO_MANY_CALLS",
                 f"this server is at its limit of {self.max_concurrent_calls} calls in flight;"
@@ -245,6 +250,18 @@ class Pipeline:
             return await next_(call)
         finally:
             self.in_flight -= 1
+            if self.draining and not self.in_flight:
+                self._drained.set()
+
+    async def drain(self, grace: float) -> bool:
+        """Refuse new calls from now on; wait up to `grace` seconds for those in flight.
+        True if none is left."""
+        self.draining = True
+        if self.in_flight:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._drained.wait()
+        return not self.in_flight
 
     async def apply_deadline(self, call: Call, next_: Next) -> Message:
         """A call whose deadline has already passed does no work. When it passes during the

@@ -15,6 +15,7 @@ from studio.v1 import client_pb2, project_pb2, room_pb2, session_pb2
 from tests.api import Api, failure
 from tests.call_log import wait_for_call
 from tests.conftest import ApiServer, Tenant
+from tests.polling import wait_until
 from tests.serving import STUDIO, start_serve
 
 
@@ -226,15 +227,18 @@ def test_health_follows_the_master_database(tmp_path: Path) -> None:
         with grpc.insecure_channel(server.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
 
-            def status() -> int:
+            def status() -> int | None:
                 request = health_pb2.HealthCheckRequest(service="studio.v1.SessionService")
-                return int(health.Check(request, timeout=5).status)
+                try:
+                    return int(health.Check(request, timeout=5).status)
+                except grpc.RpcError as error:  # a busy machine: ask again
+                    if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise
+                    return None
 
             def wait_for(expected: int) -> None:
-                deadline = time.monotonic() + 15
-                while status() != expected:
-                    assert time.monotonic() < deadline, f"health never became {expected}"
-                    time.sleep(0.2)
+                # Bounded generously: PostgreSQL's restart on a loaded machine takes seconds.
+                wait_until(lambda: status() == expected, timeout=60, what=f"health {expected}")
 
             assert status() == health_pb2.HealthCheckResponse.SERVING
             cluster.stop("immediate")

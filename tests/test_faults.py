@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2
 
 from db.local_postgres import LocalPostgres
 from db.tenant_catalog import with_database
@@ -23,7 +24,7 @@ from tests.api import Api, failure
 from tests.conftest import ApiServer
 from tests.polling import wait_until
 from tests.row_lock import RowLock, lock_waiters
-from tests.serving import start_serve
+from tests.serving import health, start_serve
 
 CALLERS = 4
 
@@ -168,21 +169,23 @@ def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             server.process.send_signal(signal.SIGTERM)
-            refused: list[grpc.StatusCode] = []
+            refused: list[tuple[grpc.StatusCode, str]] = []
 
             def a_new_caller_is_refused() -> bool:  # the signal takes a moment to arrive
                 late = Api(server.address, tenant.key)
                 try:
                     late.clients.ListClients(client_pb2.ListClientsRequest(), timeout=5)
                 except grpc.RpcError as error:
-                    refused.append(error.code())
+                    refused.append((error.code(), failure(error).reason))
                     return True
                 finally:
                     late.close()
                 return False
 
             wait_until(a_new_caller_is_refused, timeout=10, what="new calls refused after SIGTERM")
-            assert refused == [grpc.StatusCode.UNAVAILABLE]
+            # Refused by the server itself while it drains: retryable, and explained.
+            assert refused == [(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")]
+            assert health(server.address) == health_pb2.HealthCheckResponse.NOT_SERVING
             row_lock.release()
             in_flight.join(30)
         started = time.monotonic()

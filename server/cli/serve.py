@@ -25,6 +25,7 @@ __all__ = ["add_parser"]
 
 log = logging.getLogger("studio.serve")
 EXIT_STARTUP_FAILED = 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -163,6 +164,12 @@ def run(args: argparse.Namespace) -> int:
             except Exception:  # the traceback goes in the log line, as every other one
                 log.critical("studio serve stopped on an unexpected error", exc_info=True)
                 return EXIT_UNEXPECTED
+            finally:
+                # Stopped: what is left (the last log lines, the locks) takes a moment, and a
+                # second SIGTERM then (a supervisor repeating itself) must not turn a clean
+                # exit into death by signal. The event loop has just restored the defaults.
+                for sig in STOP_SIGNALS:
+                    signal.signal(sig, signal.SIG_IGN)
 
 
 def refuse(reason: object) -> int:
@@ -177,7 +184,7 @@ def _stop_on_signals(worker: bool) -> asyncio.Event:
     process group, to its supervisor."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM,) if worker else STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     return stop
 
