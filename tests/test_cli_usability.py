@@ -238,6 +238,7 @@ EVERY_COMMAND_BUT_SERVE = [
     ("keys", "revoke", "sk_0123456789ab_…"),
     ("migrate", "status"),
     ("migrate", "up"),
+    ("tenants", "isolate", "--all"),
 ]
 
 
@@ -360,12 +361,13 @@ def test_help_shows_defaults_environment_and_roles(path: tuple[str, ...]) -> Non
         assert f"(default: {default})" in text
     for word in ("STUDIO_DATABASE_URL", "STUDIO_DATA_DIR", "admin", "member", "read_only"):
         assert word in text
-    if path[-1] in {"create", "list", "revoke", "status", "up", "baseline", "repair"}:
+    if path[-1] in {"create", "list", "revoke", "isolate", "status", "up", "baseline", "repair"}:
         assert "--data-dir" in text
 
 
 def test_every_command_is_covered() -> None:
     assert {" ".join(p) for p in parsers()} >= {
         "serve", "migrate status", "migrate up", "migrate baseline", "migrate repair",
-        "tenants create", "tenants list", "keys create", "keys list", "keys revoke",
+        "tenants create", "tenants list", "tenants isolate", "keys create", "keys list",
+        "keys revoke",
     }  # fmt: skip

@@ -18,7 +18,7 @@ import psycopg
 
 from db.tenant_catalog import list_tenants
 from db.tenant_isolation import IsolationReport, IsolationStatus, isolate_tenant
-from server.cli._common import EXIT_CONFIG
+from server.cli._common import EXIT_CONFIG, add_data_dir_option
 from server.cli.admin import _runner  # runs an action against the master, embedded or not
 
 __all__ = ["add_parser"]
@@ -40,6 +40,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     which.add_argument("--all", action="store_true", help="every studio in the catalogue")
     which.add_argument("slugs", nargs="*", default=[], metavar="SLUG", help="these studios")
     isolate.add_argument("--json", action="store_true", help="one JSON object per studio")
+    add_data_dir_option(isolate)
     isolate.set_defaults(run=_runner(_isolate))
 
 
