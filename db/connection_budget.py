@@ -13,12 +13,12 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-import sqlalchemy.exc
+from db.connection_pool import PoolTimeout
 
 __all__ = ["ConnectionBudget", "ConnectionBudgetExhausted"]
 
 
-class ConnectionBudgetExhausted(sqlalchemy.exc.TimeoutError):
+class ConnectionBudgetExhausted(PoolTimeout):
     """No connection slot came free in time (a pool timeout, as far as callers can tell)."""
 
 

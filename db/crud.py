@@ -1,15 +1,14 @@
 """Generic row operations for the API's resources (every tenant table has id, version,
 create_request_id, created_at and updated_at), written once for all of them.
 
-The hot statements are built once per table and shape, with bind parameters, and reused:
-building a statement per call, and generating its cache key, cost more CPU than PostgreSQL
-spends running it. SQLAlchemy then finds the compiled form in its cache, and psycopg
-prepares a statement it has seen a few times on a connection.
+Statements are built once per table and shape, with bind parameters, and compiled once
+(db/sql.py): building or compiling a statement per call cost more CPU than PostgreSQL spends
+running it. psycopg prepares a statement it has seen a few times on a connection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import (
     Column,
     ColumnElement,
-    Select,
     Table,
     bindparam,
     delete,
@@ -28,13 +26,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.sql.dml import ReturningDelete, ReturningInsert, ReturningUpdate
+
+from db.sql import Sql, compiled, fetch_all, fetch_one
 
 if TYPE_CHECKING:
-    from sqlalchemy import RowMapping
-    from sqlalchemy.ext.asyncio import AsyncConnection
+    from db.sql import Connection, Row
 
 __all__ = [
+    "Filter",
     "Guard",
     "delete_row",
     "fetch_by_request_id",
@@ -50,21 +49,19 @@ Condition = ColumnElement[bool] | None
 
 
 @cache
-def _fetch_statement(table: Table, lock: Lock, by: str = "id") -> Select[Any]:
+def _fetch_statement(table: Table, lock: Lock, by: str = "id") -> Sql:
     query = select(table).where(table.c[by] == bindparam("key"))
     if lock == "update":
         query = query.with_for_update()
     elif lock == "share":
         query = query.with_for_update(read=True)
-    return query
+    return compiled(query)
 
 
 async def fetch_row(
-    conn: AsyncConnection, table: Table, row_id: int, *, lock: Lock = None
-) -> RowMapping | None:
-    result = await conn.execute(_fetch_statement(table, lock), {"key": row_id})
-    row: RowMapping | None = result.mappings().first()
-    return row
+    conn: Connection, table: Table, row_id: int, *, lock: Lock = None
+) -> Row | None:
+    return await fetch_one(conn, _fetch_statement(table, lock), {"key": row_id})
 
 
 @dataclass(frozen=True)
@@ -80,7 +77,7 @@ class Guard:
 @lru_cache(maxsize=256)  # a shape per set of columns a create sets
 def _insert_statement(
     table: Table, columns: tuple[str, ...], with_request_id: bool, condition: Condition
-) -> ReturningInsert[tuple[Any, ...]]:
+) -> Sql:
     """INSERT ... SELECT each column from a parameter of its name (and create_request_id),
     WHERE the condition holds, RETURNING *; a request id already used inserts nothing."""
     row = select(
@@ -91,17 +88,17 @@ def _insert_statement(
     statement = insert(table).from_select([*columns, "create_request_id"], row)
     if with_request_id:
         statement = statement.on_conflict_do_nothing(index_elements=["create_request_id"])
-    return statement.returning(table)
+    return compiled(statement.returning(table))
 
 
 async def insert_row(
-    conn: AsyncConnection,
+    conn: Connection,
     table: Table,
     values: dict[str, Any],
     *,
     request_id: str | None,
     guard: Guard | None = None,
-) -> RowMapping | None:
+) -> Row | None:
     """Insert and return the row, in one statement. With a request id, a retry inserts
     nothing and returns the first row instead (concurrent retries wait on the unique index,
     so exactly one inserts). None only when the guard refused."""
@@ -109,54 +106,57 @@ async def insert_row(
         table, tuple(values), request_id is not None, guard.condition if guard else None
     )
     params = {**values, "create_request_id": request_id, **(guard.params if guard else {})}
-    row: RowMapping | None = (await conn.execute(statement, params)).mappings().first()
+    row = await fetch_one(conn, statement, params)
     if row is None and request_id is not None:
         row = await fetch_by_request_id(conn, table, request_id)
     return row
 
 
-async def fetch_by_request_id(
-    conn: AsyncConnection, table: Table, request_id: str
-) -> RowMapping | None:
+async def fetch_by_request_id(conn: Connection, table: Table, request_id: str) -> Row | None:
     """The row a create with this idempotency key made, if any."""
     statement = _fetch_statement(table, None, "create_request_id")
-    row: RowMapping | None = (await conn.execute(statement, {"key": request_id})).mappings().first()
-    return row
+    return await fetch_one(conn, statement, {"key": request_id})
 
 
 @lru_cache(maxsize=1024)  # a shape per set of columns an update writes
 def _update_statement(
-    table: Table, bound: tuple[str, ...], fixed: Fixed, condition: Condition
-) -> ReturningUpdate[tuple[Any, ...]]:
+    table: Table, bound: tuple[str, ...], fixed: Fixed, condition: Condition, with_version: bool
+) -> Sql:
     """UPDATE ... SET each `bound` column to a parameter of its name and each `fixed` one
     to its SQL expression (DEFAULT, say), bump the version and updated_at, RETURNING *."""
     values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in bound}
     values.update(fixed)
     statement = update(table).where(table.c.id == bindparam("row_id"))
+    if with_version:
+        statement = statement.where(table.c.version == bindparam("version"))
     if condition is not None:
         statement = statement.where(condition)
-    return statement.values(**values, version=table.c.version + 1, updated_at=func.now()).returning(
-        table
-    )
+    statement = statement.values(**values, version=table.c.version + 1, updated_at=func.now())
+    return compiled(statement.returning(table))
 
 
 async def update_row(
-    conn: AsyncConnection,
+    conn: Connection,
     table: Table,
     row_id: int,
-    values: dict[str, Any],
+    values: Mapping[str, Any],
     *,
     guard: Guard | None = None,
-) -> RowMapping | None:
+    version: int | None = None,
+) -> Row | None:
     """Write `values` (plain values, or SQL expressions such as DEFAULT), bump the version
-    (the etag) and updated_at; None if there is no row, or if the guard refused."""
+    (the etag) and updated_at; None if there is no row (at `version`, if given), or if the
+    guard refused."""
     fixed = tuple((k, v) for k, v in values.items() if isinstance(v, ColumnElement))
     bound = tuple(k for k, v in values.items() if not isinstance(v, ColumnElement))
-    statement = _update_statement(table, bound, fixed, guard.condition if guard else None)
+    statement = _update_statement(
+        table, bound, fixed, guard.condition if guard else None, version is not None
+    )
     params = {f"v_{k}": values[k] for k in bound} | (guard.params if guard else {})
-    result = await conn.execute(statement, {**params, "row_id": row_id})
-    row: RowMapping | None = result.mappings().first()
-    return row
+    params["row_id"] = row_id
+    if version is not None:
+        params["version"] = version
+    return await fetch_one(conn, statement, params)
 
 
 @cache
@@ -172,12 +172,13 @@ def _unlinked_by_delete(table: Table) -> tuple[Column[Any], ...]:
 
 
 @cache
-def _lock_statement(table: Table) -> Select[Any]:
-    return select(table.c.version).where(table.c.id == bindparam("row_id")).with_for_update()
+def _lock_statement(table: Table) -> Sql:
+    query = select(table.c.version).where(table.c.id == bindparam("row_id")).with_for_update()
+    return compiled(query)
 
 
 @cache
-def _delete_statement(table: Table, with_version: bool) -> ReturningDelete[tuple[int]]:
+def _delete_statement(table: Table, with_version: bool) -> Sql:
     """DELETE ... RETURNING id, with a data-modifying CTE per ON DELETE SET NULL reference
     that unlinks the rows referring to it as an update of ours would: NULL, the version
     (their etag) bumped, updated_at now. The foreign key's own SET NULL then has nothing
@@ -195,11 +196,11 @@ def _delete_statement(table: Table, with_version: bool) -> ReturningDelete[tuple
             )
         )
         statement = statement.add_cte(unlink.cte(f"unlink_{referring.name}_{column.name}"))
-    return statement.returning(table.c.id)
+    return compiled(statement.returning(table.c.id))
 
 
 async def delete_row(
-    conn: AsyncConnection, table: Table, row_id: int, *, version: int | None = None
+    conn: Connection, table: Table, row_id: int, *, version: int | None = None
 ) -> bool:
     """Delete the row (only at `version`, if given); False if there is none (at that version).
 
@@ -211,25 +212,52 @@ async def delete_row(
     predate the lock, and the foreign key would unlink such a row silently."""
     params = {"row_id": row_id} if version is None else {"row_id": row_id, "version": version}
     if _unlinked_by_delete(table):
-        locked: int | None = await conn.scalar(_lock_statement(table), {"row_id": row_id})
-        if locked is None or version not in (None, locked):
+        locked = await fetch_one(conn, _lock_statement(table), {"row_id": row_id})
+        if locked is None or version not in (None, locked["version"]):
             return False
     statement = _delete_statement(table, version is not None)
-    return (await conn.execute(statement, params)).first() is not None
+    return await fetch_one(conn, statement, params) is not None
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A condition of a list (built once, with bind parameters) and its values for a call."""
+
+    condition: ColumnElement[bool]
+    params: Mapping[str, Any]
+
+
+@lru_cache(maxsize=256)  # a shape per combination of filters
+def _list_statement(
+    table: Table,
+    conditions: tuple[ColumnElement[bool], ...],
+    order_by: tuple[str, ...],
+    paged: bool,
+) -> Sql:
+    columns = [table.c[name] for name in order_by]
+    query = select(table).where(*conditions).order_by(*columns).limit(bindparam("limit"))
+    if paged:
+        after = [bindparam(f"after_{name}", type_=table.c[name].type) for name in order_by]
+        query = query.where(tuple_(*columns) > tuple_(*after))
+    return compiled(query)
 
 
 async def list_rows(
-    conn: AsyncConnection,
+    conn: Connection,
     table: Table,
     *,
-    where: Sequence[ColumnElement[bool]],
+    where: Sequence[Filter],
     order_by: Sequence[str],
     after: Sequence[object] | None,
     limit: int,
-) -> Sequence[RowMapping]:
+) -> list[Row]:
     """One page in keyset order: the rows after `after` (the last sort key of the last page)."""
-    columns = [table.c[name] for name in order_by]
-    query = select(table).where(*where).order_by(*columns).limit(limit)
+    statement = _list_statement(
+        table, tuple(f.condition for f in where), tuple(order_by), after is not None
+    )
+    params: dict[str, Any] = {"limit": limit}
+    for f in where:
+        params.update(f.params)
     if after is not None:
-        query = query.where(tuple_(*columns) > tuple_(*after))
-    return (await conn.execute(query)).mappings().all()
+        params.update({f"after_{name}": value for name, value in zip(order_by, after, strict=True)})
+    return await fetch_all(conn, statement, params)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 
 from db.engines import create_engine_for
-from db.tenant_engines import TenantEngines
+from db.tenant_pools import TenantPools
 from server.auth import Authenticator
 from server.auth_throttle import FailedAuthThrottle
 from server.grpc_server import ServingServer, TlsFiles, start_server
@@ -30,7 +30,7 @@ TASK_STOP_SECONDS = 5.0
 class App:
     serving: ServingServer
     pipeline: Pipeline
-    engines: TenantEngines
+    pools: TenantPools
     authenticator: Authenticator
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -58,7 +58,7 @@ class App:
             await self.serving.stop(max(0.0, deadline - asyncio.get_running_loop().time()))
         finally:
             try:
-                await self.engines.close_all()
+                await self.pools.close_all()
             finally:
                 await self.authenticator.master.dispose()
 
@@ -95,7 +95,7 @@ async def _watch_master(app: App) -> None:
 async def _close_idle_pools(app: App) -> None:
     while True:
         await asyncio.sleep(IDLE_SWEEP_SECONDS)
-        closed = await app.engines.close_idle()
+        closed = await app.pools.close_idle()
         if closed:
             log.info("closed the pools of %d idle tenants", closed)
 
@@ -115,17 +115,15 @@ async def start_app(
 ) -> App:
     master = create_engine_for(master_url, pool_size=5, pool_timeout=5.0)
     authenticator = Authenticator(master, cache_seconds=key_cache_seconds)
-    engines = TenantEngines(
-        master_url, pool_size=tenant_pool_size, max_connections=max_db_connections
-    )
+    pools = TenantPools(master_url, pool_size=tenant_pool_size, max_connections=max_db_connections)
     pipeline = Pipeline(
         authenticator,
-        engines,
+        pools,
         FailedAuthThrottle(per_second=auth_failures_per_second),
         max_concurrent_calls=max_concurrent_calls,
     )
     serving = await start_server(host, port, pipeline, ROUTERS, tls=tls, share_port=share_port)
-    app = App(serving, pipeline, engines, authenticator)
+    app = App(serving, pipeline, pools, authenticator)
     app.run_in_background(_watch_master(app), "watch the master database")
     app.run_in_background(_close_idle_pools(app), "close idle tenant pools")
     return app

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection
-
+    from db.sql import Connection
     from server.auth import Principal
 
 __all__ = ["Ctx"]
@@ -18,5 +17,5 @@ class Ctx:
     """The authenticated caller and its studio's database, inside the call's transaction."""
 
     principal: Principal
-    db: AsyncConnection
+    db: Connection
     request_id: str

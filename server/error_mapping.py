@@ -12,29 +12,35 @@ from typing import TYPE_CHECKING
 
 import psycopg
 import sqlalchemy.exc
+from buf.validate import validate_pb2
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
 from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
 
 from db.connection_budget import ConnectionBudgetExhausted
+from db.connection_pool import PoolExhausted
 from server.errors import (
     Aborted,
     AlreadyExists,
     ApiError,
     DeadlineExceeded,
     FailedPrecondition,
+    FieldViolation,
     Internal,
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
 )
+from studio.v1 import session_pb2
 
 if TYPE_CHECKING:
     import grpc
 
 __all__ = [
+    "CHECKS",
     "DOMAIN",
     "EXCEPTIONS",
     "MISSING_REFERENCE",
@@ -143,6 +149,29 @@ STILL_REFERENCED: dict[str, Reference] = {
     ),
 }
 
+BUSY_STUDIO = Rule(ResourceExhausted, "TOO_MANY_CALLS", "too many calls for this studio right now")
+UNSTORABLE = Rule(InvalidArgument, "UNSTORABLE_VALUE", "a value of the request cannot be stored")
+
+
+def _message_rule(message: type[Message], rule_id: str, at: str) -> FieldViolation:
+    """The field violation protovalidate reports for a message-level rule of `message`
+    (its id "<field>.<rule>", its message), at `at` in the request: how a CHECK constraint
+    that states the same rule is reported (server/validation.py names them so)."""
+    options = message.DESCRIPTOR.GetOptions().Extensions[validate_pb2.message]
+    [rule] = [r for r in options.cel if r.id == rule_id]
+    field, _, name = rule_id.rpartition(".")
+    return FieldViolation(f"{at}.{field}", rule.message, name.upper())
+
+
+# CHECK constraints that state a rule written in the protos across fields: an update that
+# writes one of the fields is checked by PostgreSQL (standard_methods.update_at_once).
+CHECKS: dict[str, FieldViolation] = {
+    "sessions_time_range_check": _message_rule(
+        session_pb2.Session, "end_time.after_start_time", at="session"
+    ),
+}
+CHECK_VIOLATION = "23514"
+
 # By exception type, for what is not a database error with a SQLSTATE; the first match
 # wins, so a subclass comes before its base (TimeoutError is an OSError).
 EXCEPTIONS: tuple[tuple[type[BaseException], Rule], ...] = (
@@ -150,12 +179,10 @@ EXCEPTIONS: tuple[tuple[type[BaseException], Rule], ...] = (
         ResourceExhausted, "DATABASE_CONNECTIONS_EXHAUSTED",
         "this server holds all the database connections it may; retry shortly",
     )),
-    (sqlalchemy.exc.TimeoutError, Rule(  # no pooled connection in time
-        ResourceExhausted, "TOO_MANY_CALLS", "too many calls for this studio right now"
-    )),
-    (sqlalchemy.exc.DataError, Rule(  # refused by the driver before PostgreSQL saw it
-        InvalidArgument, "UNSTORABLE_VALUE", "a value of the request cannot be stored"
-    )),
+    (PoolExhausted, BUSY_STUDIO),  # the studio's connections all stayed busy
+    (sqlalchemy.exc.TimeoutError, BUSY_STUDIO),  # (the master database's pool)
+    (psycopg.DataError, UNSTORABLE),  # refused by the driver before PostgreSQL saw it
+    (sqlalchemy.exc.DataError, UNSTORABLE),
     (TimeoutError, TIMED_OUT),  # asyncio.TimeoutError is TimeoutError
     # an operational error with no SQLSTATE above: the connection failed, the server is in trouble
     (sqlalchemy.exc.OperationalError, UNAVAILABLE),
@@ -224,6 +251,14 @@ def error_from_exception(exc: BaseException, *, deleting: bool = False) -> ApiEr
     sqlstate = (orig.sqlstate if orig is not None else None) or ""
     if orig is not None and sqlstate in FOREIGN_KEY_SQLSTATES:
         return _reference_error(orig, deleting=deleting)
+    if orig is not None and sqlstate == CHECK_VIOLATION:
+        violation = CHECKS.get(orig.diag.constraint_name or "")
+        if violation is not None:
+            return InvalidArgument(
+                "INVALID_ARGUMENT",
+                f"the request is invalid: {violation.field}: {violation.description}",
+                field_violations=(violation,),
+            )
     rule = SQLSTATES.get(sqlstate) or SQLSTATE_CLASSES.get(sqlstate[:2])
     if rule is None:
         rule = next((r for kind, r in EXCEPTIONS if isinstance(exc, kind)), INTERNAL)

@@ -43,9 +43,8 @@ from server.router import Procedure
 from server.validation import validate
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection
-
-    from db.tenant_engines import TenantEngines
+    from db.sql import Connection
+    from db.tenant_pools import TenantPools
     from server.auth import Authenticator, Principal
 
 __all__ = [
@@ -72,7 +71,7 @@ class Call:
     request_id: str
     principal: Principal | None = None
     request: Message | None = None
-    db: AsyncConnection | None = None
+    db: Connection | None = None
     error: ApiError | None = None
 
 
@@ -189,13 +188,13 @@ class Pipeline:
     def __init__(
         self,
         authenticator: Authenticator,
-        engines: TenantEngines,
+        pools: TenantPools,
         throttle: FailedAuthThrottle | None = None,
         *,
         max_concurrent_calls: int | None = None,
     ) -> None:
         self.authenticator = authenticator
-        self.engines = engines
+        self.pools = pools
         self.throttle = throttle or FailedAuthThrottle()
         self.max_concurrent_calls = max_concurrent_calls
         self.in_flight = 0
@@ -270,7 +269,7 @@ class Pipeline:
         There is no timer of ours as well: a second cancellation arriving while psycopg
         sends its cancel request would interrupt it and leave the statement running.
         Transactions also carry the deadline as statement_timeout (in_transaction), and every
-        connection caps statements at 30 s (db/engines.py)."""
+        connection caps statements at 30 s (db/tenant_pools.py)."""
         remaining = call.context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceeded("DEADLINE_EXCEEDED", "the call's deadline had passed")
@@ -315,17 +314,19 @@ class Pipeline:
         for what one statement does); the others start with BEGIN, which carries the call's
         deadline as statement_timeout in the same round trip, and end with COMMIT (or
         ROLLBACK when anything fails). The connection comes from the tenant's pool, within
-        the process's budget of connections (db/tenant_engines.py): none free in time is a
+        the process's budget of connections (db/tenant_pools.py): none free in time is a
         pool timeout, RESOURCE_EXHAUSTED."""
         assert call.principal is not None
         for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             try:
-                async with self.engines.connect(call.principal.tenant) as call.db:
+                async with self.pools.connect(call.principal.tenant) as call.db:
                     if call.procedure.single_statement:
                         return await next_(call)
-                    async with call.db.begin():
-                        await call.db.exec_driver_sql(_begin(call.context.time_remaining()))
-                        return await next_(call)
+                    await call.db.execute(_begin(call.context.time_remaining()))
+                    response = await next_(call)
+                    await call.db.commit()
+                    return response
+                # (a failure leaves the transaction open: the pool rolls it back on return)
             except Exception as exc:
                 if attempt == TRANSACTION_ATTEMPTS or not is_retryable(exc):
                     raise

@@ -20,10 +20,10 @@ from sqlalchemy import literal_column
 from server.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from google.protobuf.field_mask_pb2 import FieldMask
-    from sqlalchemy import ColumnClause, RowMapping, Table
+    from sqlalchemy import ColumnClause, Table
 
 __all__ = ["Field", "Kind", "ResourceMapping", "etag_of", "timestamp_of", "version_of_etag"]
 
@@ -120,7 +120,7 @@ class ResourceMapping(Generic[M]):
             return str
         return _same
 
-    def to_message(self, row: RowMapping) -> M:
+    def to_message(self, row: Mapping[str, Any]) -> M:
         # One constructor call with every field: much cheaper than setting them one by one.
         values: dict[str, Any] = {
             "id": row["id"],
@@ -183,10 +183,12 @@ class ResourceMapping(Generic[M]):
             return list(self.fields)
         return [p for p in dict.fromkeys(mask.paths) if p in self.fields]
 
-    def merged(self, current: M, patch: M, paths: list[str]) -> M:
-        """The resource as it would be after the update, to validate as a whole."""
+    def merged(self, current: M | None, patch: M, paths: list[str]) -> M:
+        """The resource as it would be after the update, to validate as a whole; with no
+        `current`, only what the update writes."""
         result = self.message_type()
-        result.CopyFrom(current)
+        if current is not None:
+            result.CopyFrom(current)
         for path in paths:
             if self.is_set(patch, path) or self._false_is_a_value(path):
                 if self.descriptors[path].message_type is not None:

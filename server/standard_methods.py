@@ -16,19 +16,28 @@ from db.crud import delete_row, fetch_row, insert_row, list_rows, update_row
 from server.errors import Aborted, NotFound
 from server.paging import decode_token, encode_token, page_size, token_time
 from server.resource_mapping import version_of_etag
-from server.validation import validate_resource
+from server.validation import validate_resource, validate_written
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from google.protobuf.field_mask_pb2 import FieldMask
-    from sqlalchemy import ColumnElement, RowMapping
 
-    from db.crud import Guard
+    from db.crud import Filter, Guard
+    from db.sql import Row
     from server.context import Ctx
     from server.resource_mapping import ResourceMapping
 
-__all__ = ["Guarded", "create", "delete", "get", "list_page", "not_found", "update"]
+__all__ = [
+    "Guarded",
+    "create",
+    "delete",
+    "get",
+    "list_page",
+    "not_found",
+    "update",
+    "update_at_once",
+]
 
 M = TypeVar("M", bound=Message)
 
@@ -46,6 +55,9 @@ class Guarded(Generic[M]):
     condition: Callable[[M, Collection[str]], Guard | None]
     # raises why the resource was refused (it may read and lock what it needs)
     explain: Callable[[Ctx, M], Awaitable[None]]
+    # for update_at_once: (the patch, the fields written) -> the guard, which reads what the
+    # update leaves alone from the stored row itself; None when this write needs no check
+    in_place: Callable[[M, Collection[str]], Guard | None] | None = None
 
 
 async def _guarded_write(
@@ -53,8 +65,8 @@ async def _guarded_write(
     guarded: Guarded[M] | None,
     resource: M,
     written: Collection[str],
-    write: Callable[[Guard | None], Awaitable[RowMapping | None]],
-) -> RowMapping:
+    write: Callable[[Guard | None], Awaitable[Row | None]],
+) -> Row:
     """`write` with its guard. When the guard refuses, its explanation says why; when the
     explanation finds nothing wrong, a concurrent change made the resource valid after the
     guard read it: the explanation has locked what it read, so the write runs again, and
@@ -79,7 +91,7 @@ def not_found(kind: str, resource_id: int) -> NotFound:
     )
 
 
-def _check_etag(etag: str, row: RowMapping, field: str) -> None:
+def _check_etag(etag: str, row: Row, field: str) -> None:
     if etag and version_of_etag(etag, field) != row["version"]:
         raise Aborted(
             "ETAG_MISMATCH",
@@ -107,7 +119,7 @@ async def create(
     creates nothing."""
     values = mapping.insert_values(resource)
 
-    async def insert(guard: Guard | None) -> RowMapping | None:
+    async def insert(guard: Guard | None) -> Row | None:
         return await insert_row(
             ctx.db, mapping.table, values, request_id=request_id or None, guard=guard
         )
@@ -144,12 +156,50 @@ async def update(
         await check(current, merged, paths)
     values = mapping.update_values(patch, paths)
 
-    async def write(guard: Guard | None) -> RowMapping | None:
+    async def write(guard: Guard | None) -> Row | None:
         # the row is locked (above): only the guard refuses
         return await update_row(ctx.db, mapping.table, resource_id, values, guard=guard)
 
     row = await _guarded_write(ctx, guarded, merged, paths, write)
     return mapping.to_message(row)
+
+
+async def update_at_once(
+    ctx: Ctx,
+    mapping: ResourceMapping[M],
+    kind: str,
+    patch: M,
+    mask: FieldMask | None,
+    *,
+    guarded: Guarded[M] | None = None,
+) -> M:
+    """`update` in one statement, for a procedure declared single_statement: an UPDATE ...
+    RETURNING whose WHERE holds the etag and the guard (which reads the stored row), with no
+    read before it and no transaction around it. The fields written are validated here;
+    rules across fields are CHECK constraints (a violation is the rule's field violation).
+    When nothing is written, reading the row says why: not found, a stale etag, or the
+    guard's explanation (then the update runs once more, as in _guarded_write)."""
+    resource_id: int = getattr(patch, "id")  # noqa: B009 (every resource has an id)
+    etag: str = getattr(patch, "etag")  # noqa: B009
+    paths = mapping.mask_paths(patch, mask)
+    validate_written(mapping.merged(None, patch, paths), kind, paths)
+    values = mapping.update_values(patch, paths)
+    version = version_of_etag(etag, f"{kind}.etag") if etag else None
+    guard = guarded.in_place(patch, paths) if guarded and guarded.in_place else None
+    for _attempt in range(GUARDED_ATTEMPTS):
+        row = await update_row(
+            ctx.db, mapping.table, resource_id, values, guard=guard, version=version
+        )
+        if row is not None:
+            return mapping.to_message(row)
+        current = await fetch_row(ctx.db, mapping.table, resource_id)
+        if current is None:
+            raise not_found(kind, resource_id)
+        _check_etag(etag, current, f"{kind}.etag")
+        if guarded is not None:
+            await guarded.explain(ctx, mapping.merged(mapping.to_message(current), patch, paths))
+        # nothing wrong now: what refused the write changed meanwhile, so it runs again
+    raise Aborted("CONCURRENT_MODIFICATION", "a concurrent change got in the way; retry")
 
 
 async def delete(
@@ -169,7 +219,7 @@ async def list_page(
     mapping: ResourceMapping[M],
     request: Message,
     *,
-    where: Sequence[ColumnElement[bool]] = (),
+    where: Sequence[Filter] = (),
     time_column: str | None = None,
 ) -> tuple[list[M], str]:
     """A page in (time_column, id) order, or id order; and the next page's token."""

@@ -7,7 +7,7 @@ of their own in protovalidate; ours are named "<field path>.<rule>" (for instanc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import protovalidate
 from google.protobuf.descriptor import FieldDescriptor
@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.errors import FieldViolation, InvalidArgument
 
-__all__ = ["validate", "validate_resource"]
+__all__ = ["validate", "validate_resource", "validate_written"]
 
 _validator = protovalidate.Validator()
 
@@ -110,3 +110,15 @@ def validate(request: Message) -> None:
 def validate_resource(resource: Message, path: str) -> None:
     """Validate a resource as it would be stored (an update's merged result), at `path`."""
     _raise_if_any(_validator.collect_violations(resource), path)
+
+
+def validate_written(written: Message, path: str, paths: Collection[str]) -> None:
+    """Validate the fields an update writes, `written` holding only those (the others
+    unset): a rule on a field it leaves alone is not its concern (that value is stored, so
+    valid), and a rule across fields holds as PostgreSQL checks it (a CHECK constraint,
+    mapped back to the rule's field violation in server/error_mapping.py)."""
+    violations = [
+        v for v in _validator.collect_violations(written)
+        if _path(v, "")[0].split(".", 1)[0] in paths
+    ]  # fmt: skip
+    _raise_if_any(violations, path)

@@ -15,11 +15,10 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from psycopg.rows import dict_row
 from sqlalchemy import false
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.crud import Guard
-from db.engines import create_engine_for
 from db.tenant_catalog import TenantLocation
 from server import standard_methods
 from server.auth import Principal
@@ -43,13 +42,12 @@ async def tenant(fresh_db: str) -> str:
 
 @pytest.fixture
 async def ctx(tenant: str) -> AsyncIterator[Ctx]:
-    engine = create_engine_for(tenant, pool_size=1, autocommit=True)  # as the service's
+    # as the service's connections are: autocommit, dict rows
     location = TenantLocation(1, "test", None, "test")
-    try:
-        async with engine.connect() as conn:
-            yield Ctx(Principal("test", "admin", location), conn, "req")
-    finally:
-        await engine.dispose()
+    async with await psycopg.AsyncConnection.connect(
+        tenant, autocommit=True, row_factory=dict_row
+    ) as conn:
+        yield Ctx(Principal("test", "admin", location), conn, "req")
 
 
 def _project_appears(url: str) -> None:
@@ -102,17 +100,18 @@ async def test_a_create_refused_then_made_valid_meanwhile_is_written(tenant: str
 async def test_an_update_refused_then_made_valid_meanwhile_is_written(
     tenant: str, ctx: Ctx
 ) -> None:
-    db: AsyncConnection = ctx.db
-    async with db.begin():  # an update runs in a transaction, its row locked
-        standalone = await standard_methods.create(ctx, SESSION, _session(), "")
+    standalone = await standard_methods.create(ctx, SESSION, _session(), "")
     calls: list[int] = []
     racing = standard_methods.Guarded(
-        PROJECT_OF_CLIENT.condition, _racing(tenant, PROJECT_OF_CLIENT.explain, calls)
+        PROJECT_OF_CLIENT.condition,
+        _racing(tenant, PROJECT_OF_CLIENT.explain, calls),
+        in_place=PROJECT_OF_CLIENT.in_place,
     )
     patch = session_pb2.Session(id=standalone.id, project_id=NEXT_PROJECT_ID)
-    async with db.begin():
-        await db.exec_driver_sql("BEGIN")
-        linked = await standard_methods.update(ctx, SESSION, "session", patch, None, guarded=racing)
+    # as UpdateSession runs it: one statement, no transaction around it
+    linked = await standard_methods.update_at_once(
+        ctx, SESSION, "session", patch, None, guarded=racing
+    )
     assert calls == [1]
     assert linked.project_id == NEXT_PROJECT_ID
     assert linked.etag != standalone.etag

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from db.references import delete_project_tracks, project_has_sessions
+from db.references import delete_project_tracks, project_has_sessions, projects_of_client
 from db.tables import projects
 from server import standard_methods
 from server.errors import FailedPrecondition
@@ -46,7 +46,7 @@ async def get_project(ctx: Ctx, request: pb.GetProjectRequest) -> pb.GetProjectR
 
 @router.procedure("ListProjects")
 async def list_projects(ctx: Ctx, request: pb.ListProjectsRequest) -> pb.ListProjectsResponse:
-    where = [projects.c.client_id == request.client_id] if request.HasField("client_id") else []
+    where = [projects_of_client(request.client_id)] if request.HasField("client_id") else []
     items, next_token = await standard_methods.list_page(ctx, PROJECT, request, where=where)
     return pb.ListProjectsResponse(projects=items, next_page_token=next_token)
 

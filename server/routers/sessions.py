@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import UTC
 from typing import TYPE_CHECKING
 
-from db.references import client_exists, lock_project_client, project_of_client, session_filters
+from db.references import (
+    client_exists,
+    lock_project_client,
+    project_of_client,
+    project_of_client_in_place,
+    session_filters,
+)
 from db.tables import sessions
 from server import standard_methods
 from server.errors import FailedPrecondition
@@ -77,8 +83,21 @@ def _project_guard(session: pb.Session, written: Collection[str]) -> Guard | Non
     return None
 
 
+def _project_guard_in_place(patch: pb.Session, written: Collection[str]) -> Guard | None:
+    """The same, for an UPDATE that reads the fields it leaves alone from the stored row."""
+    links = "project_id" in written and patch.HasField("project_id")
+    moves = "client_id" in written
+    if not links and (not moves or "project_id" in written):  # nothing to check, or unlinks
+        return None
+    return project_of_client_in_place(
+        patch.project_id if links else None, patch.client_id if moves else None
+    )
+
+
 # Checked in the session's INSERT or UPDATE itself; when refused, _check_project says why.
-PROJECT_OF_CLIENT = standard_methods.Guarded(_project_guard, _check_project)
+PROJECT_OF_CLIENT = standard_methods.Guarded(
+    _project_guard, _check_project, in_place=_project_guard_in_place
+)
 
 
 @router.procedure("GetSession")
@@ -118,12 +137,12 @@ async def create_session(ctx: Ctx, request: pb.CreateSessionRequest) -> pb.Creat
     return pb.CreateSessionResponse(session=session)
 
 
-@router.procedure("UpdateSession")
+@router.procedure("UpdateSession", single_statement=True)
 async def update_session(ctx: Ctx, request: pb.UpdateSessionRequest) -> pb.UpdateSessionResponse:
-    """Link, move or unlink (`update_mask: ["project_id"]` with no value) a session. The
-    project check is part of the UPDATE."""
+    """Link, move or unlink (`update_mask: ["project_id"]` with no value) a session, in one
+    statement: the etag and the project check are part of the UPDATE."""
     mask = request.update_mask if request.HasField("update_mask") else None
-    session = await standard_methods.update(
+    session = await standard_methods.update_at_once(
         ctx, SESSION, "session", request.session, mask, guarded=PROJECT_OF_CLIENT
     )
     return pb.UpdateSessionResponse(session=session)

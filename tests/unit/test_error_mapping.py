@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 from psycopg.pq import DiagnosticField
 
 from db.connection_budget import ConnectionBudgetExhausted
+from db.connection_pool import PoolExhausted
 from server.error_mapping import (
     EXCEPTIONS,
     MISSING_REFERENCE,
@@ -188,7 +189,10 @@ def test_an_unknown_foreign_key_is_a_generic_precondition() -> None:
 EXCEPTION_CASES: list[tuple[BaseException, Code, str]] = [
     (ConnectionBudgetExhausted("no slot"), Code.RESOURCE_EXHAUSTED,
      "DATABASE_CONNECTIONS_EXHAUSTED"),
+    (PoolExhausted("all 5 connections busy"), Code.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS"),
     (sqlalchemy.exc.TimeoutError("QueuePool limit"), Code.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS"),
+    (psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"),
+     Code.INVALID_ARGUMENT, "UNSTORABLE_VALUE"),
     (wrapped(psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")),
      Code.INVALID_ARGUMENT, "UNSTORABLE_VALUE"),
     (TimeoutError(), Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),

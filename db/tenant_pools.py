@@ -2,14 +2,18 @@
 all within one budget of connections for the process.
 
 The original leaked a pool per tenant. Here each tenant gets at most `pool_size` connections,
-the engine is created once (creating it does no I/O, so concurrent first calls cannot race),
-and `close_idle` disposes the engines of tenants that have not been used for `idle_seconds`.
+the pool is created once (creating it does no I/O, so concurrent first calls cannot race),
+and `close_idle` closes the pools of tenants that have not been used for `idle_seconds`.
 Every connection any tenant pool opens takes a slot of one ConnectionBudget of
 `max_connections` first (db/connection_budget.py), so the process never holds more, however
 many tenants are busy at once. When the budget is full, a connection returned to its pool is
 closed rather than kept idle, and the least recently used pools with nothing checked out are
 closed, each freeing its slots for whoever waits; a call that gets no slot within
-`pool_timeout` fails with ConnectionBudgetExhausted (a pool timeout: RESOURCE_EXHAUSTED).
+`pool_timeout` fails with ConnectionBudgetExhausted, one that finds its studio's connections
+all busy for as long with PoolExhausted (both RESOURCE_EXHAUSTED).
+
+Connections are psycopg's, in autocommit, with dict rows (db/sql.py runs the statements on
+them); each caps its statements at STATEMENT_TIMEOUT_MS, set once when it opens.
 """
 
 from __future__ import annotations
@@ -19,27 +23,26 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from psycopg.conninfo import conninfo_to_dict
+
 from db.connection_budget import ConnectionBudget
-from db.engines import create_engine_for
+from db.connection_pool import ConnectionPool
+from db.engines import STATEMENT_TIMEOUT_MS
 from db.tenant_catalog import TenantLocation, tenant_conninfo
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from db.connection_pool import _Checkout
 
-__all__ = ["TenantEngines"]
+__all__ = ["TenantPools"]
 
 
 @dataclass
 class _Entry:
-    engine: AsyncEngine
+    pool: ConnectionPool
     last_used: float
 
 
-def _checked_out(engine: AsyncEngine) -> int:
-    return int(engine.sync_engine.pool.checkedout())  # type: ignore[attr-defined]
-
-
-class TenantEngines:
+class TenantPools:
     def __init__(
         self,
         master_url: str,
@@ -58,7 +61,7 @@ class TenantEngines:
         self._entries: dict[tuple[str | None, str, str | None], _Entry] = {}
         self._evicting: asyncio.Task[None] | None = None
 
-    def connect(self, tenant: TenantLocation) -> AsyncConnection:
+    def connect(self, tenant: TenantLocation) -> _Checkout:
         """A connection to the tenant's database, checked out of its pool on `async with`.
         Enter it at once: the pool counts it as busy (so it is not closed under the
         caller) from then on."""
@@ -67,17 +70,20 @@ class TenantEngines:
         entry = self._entries.pop(key, None)
         now = time.monotonic()
         if entry is None:
-            engine = create_engine_for(
-                tenant_conninfo(self.master_url, tenant),
-                pool_size=self.pool_size,
-                pool_timeout=self.pool_timeout,
-                autocommit=True,  # the pipeline sends BEGIN for calls that need a transaction
-                budget=self.budget,
-            )
-            entry = _Entry(engine, now)
+            entry = _Entry(self._new_pool(tenant_conninfo(self.master_url, tenant)), now)
         entry.last_used = now
         self._entries[key] = entry
-        return entry.engine.connect()
+        return entry.pool.connection()
+
+    def _new_pool(self, conninfo: str) -> ConnectionPool:
+        given = conninfo_to_dict(conninfo).get("options") or ""
+        return ConnectionPool(
+            conninfo,
+            size=self.pool_size,
+            timeout=self.pool_timeout,
+            budget=self.budget,
+            options={"options": f"{given} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip()},
+        )
 
     def _make_room(self) -> None:
         if self._evicting is None or self._evicting.done():
@@ -90,27 +96,27 @@ class TenantEngines:
             if not self.budget.waiting:
                 return
             # (close_idle or `connect` may have taken it meanwhile: we await between pools)
-            if self._entries.get(key) is not entry or _checked_out(entry.engine):
+            if self._entries.get(key) is not entry or entry.pool.busy:
                 continue
             del self._entries[key]
-            await entry.engine.dispose()
+            await entry.pool.close()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     async def close_idle(self) -> int:
-        """Dispose the pools of tenants idle for longer than idle_seconds; how many."""
+        """Close the pools of tenants idle for longer than idle_seconds; how many."""
         cutoff = time.monotonic() - self.idle_seconds
         idle = [key for key, entry in self._entries.items() if entry.last_used < cutoff]
         closed = 0
         for key in idle:
             entry = self._entries.pop(key, None)  # eviction may have taken it meanwhile
             if entry is not None:
-                await entry.engine.dispose()
+                await entry.pool.close()
                 closed += 1
         return closed
 
     async def close_all(self) -> None:
         entries, self._entries = list(self._entries.values()), {}
         for entry in entries:
-            await entry.engine.dispose()
+            await entry.pool.close()
