@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,17 @@ class Scenario:
     method: str
     request: Message
     pgbench_sql: str  # what the service runs for one call, as pgbench runs it
+    # A write of one row per client (the request of client k), as the tRPC peer's updates
+    # spread over rows: h2load sends one body, so such a scenario runs one h2load per client.
+    spread: Callable[[int], Message] | None = None
+
+
+SPREAD_STRIDE = 1000  # sessions k * 1000 belong to client 1, who owns project 1 (SEED)
+MAX_CLIENTS = 64
+
+
+def _spread_id(k: int, offset: int = 0) -> int:
+    return SPREAD_STRIDE * (k + 1) + offset
 
 
 def _session(project: bool) -> session_pb2.Session:
@@ -83,6 +95,19 @@ INSERT_COLUMNS = "client_id, room_id, title, start_time, end_time"
 INSERT_VALUES = f"1, 1, 'Benchmark take', to_timestamp({START}), to_timestamp({START + 3 * 3600})"
 
 
+def _link(session_id: int) -> session_pb2.UpdateSessionRequest:
+    return session_pb2.UpdateSessionRequest(
+        session=session_pb2.Session(id=session_id, project_id=1),
+        update_mask=FieldMask(paths=["project_id"]),
+    )
+
+
+def _unlink(session_id: int) -> session_pb2.UpdateSessionRequest:
+    return session_pb2.UpdateSessionRequest(
+        session=session_pb2.Session(id=session_id), update_mask=FieldMask(paths=["project_id"])
+    )
+
+
 def scenarios(update_id: int, list_project: int) -> list[Scenario]:
     insert = f"INSERT INTO sessions ({INSERT_COLUMNS}, create_request_id) SELECT {INSERT_VALUES}"
     return [
@@ -96,23 +121,18 @@ def scenarios(update_id: int, list_project: int) -> list[Scenario]:
                  f" SELECT {INSERT_VALUES}, 1, NULL WHERE EXISTS"
                  " (SELECT FROM p WHERE client_id = 1) RETURNING *;"),
         Scenario("UpdateSession link", "UpdateSession",
-                 session_pb2.UpdateSessionRequest(
-                     session=session_pb2.Session(id=update_id, project_id=1),
-                     update_mask=FieldMask(paths=["project_id"])),
-                 "BEGIN;\n"
-                 f"SELECT * FROM sessions WHERE id = {update_id} FOR UPDATE;\n"
-                 "WITH p AS (SELECT client_id FROM projects WHERE id = 1 FOR SHARE)"
-                 " UPDATE sessions SET project_id = 1, version = version + 1, updated_at = now()"
-                 f" WHERE id = {update_id} AND EXISTS (SELECT FROM p WHERE client_id = 1)"
-                 " RETURNING *;\nCOMMIT;"),
+                 _link(_spread_id(0)),
+                 f"\\set id {SPREAD_STRIDE} * random(1, {MAX_CLIENTS})\n"
+                 "UPDATE sessions SET project_id = 1, version = version + 1, updated_at = now()"
+                 " WHERE id = :id AND EXISTS (SELECT FROM projects WHERE id = 1"
+                 " AND client_id = sessions.client_id FOR SHARE) RETURNING *;",
+                 spread=lambda k: _link(_spread_id(k))),
         Scenario("UpdateSession unlink", "UpdateSession",
-                 session_pb2.UpdateSessionRequest(
-                     session=session_pb2.Session(id=update_id + 1),
-                     update_mask=FieldMask(paths=["project_id"])),
-                 "BEGIN;\n"
-                 f"SELECT * FROM sessions WHERE id = {update_id + 1} FOR UPDATE;\n"
+                 _unlink(_spread_id(0, 1)),
+                 f"\\set id {SPREAD_STRIDE} * random(1, {MAX_CLIENTS}) + 1\n"
                  "UPDATE sessions SET project_id = NULL, version = version + 1,"
-                 f" updated_at = now() WHERE id = {update_id + 1} RETURNING *;\nCOMMIT;"),
+                 " updated_at = now() WHERE id = :id RETURNING *;",
+                 spread=lambda k: _unlink(_spread_id(k, 1))),
         Scenario("GetSession", "GetSession", session_pb2.GetSessionRequest(id=update_id + 2),
                  f"SELECT * FROM sessions WHERE id = {update_id + 2};"),
         Scenario("ListSessions by project (50)", "ListSessions",
@@ -245,24 +265,36 @@ class Run:
 
 
 def h2load(
-    binary: str, address: str, key: str, method: str, body: Path, clients: int, seconds: float,
-    log: Path,
+    binary: str, address: str, key: str, method: str, bodies: list[Path], clients: int,
+    seconds: float, log: Path,
 ) -> Run:  # fmt: skip
-    log.unlink(missing_ok=True)  # h2load appends to its log file
-    result = subprocess.run(
-        [binary, "-c", str(clients), "-m", "1", "-D", str(int(seconds)), "--warm-up-time", str(WARM_UP_SECONDS),
-         "-d", str(body), "--log-file", str(log),
-         "-H", "content-type: application/grpc", "-H", "te: trailers",
-         "-H", f"authorization: Bearer {key}", f"http://{address}{SERVICE}{method}"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    match = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", result.stdout)
-    lines = log.read_text().splitlines() if log.exists() else []
-    latencies = sorted(int(line.split("\t")[2]) / 1000 for line in lines if line.strip())
-    if not match or not latencies:
-        raise RuntimeError(f"h2load failed:\n{result.stdout}\n{result.stderr}")
+    """`clients` connections sending `bodies[0]`; or, with a body per client, one h2load
+    process per client sending its own (h2load sends one body), all at once."""
+    one_each = len(bodies) > 1
+    assert not one_each or len(bodies) == clients
+    logs = [log.with_suffix(f".{k}") for k in range(len(bodies))]
+    runs = []
+    for body, log_k in zip(bodies, logs, strict=True):
+        log_k.unlink(missing_ok=True)  # h2load appends to its log file
+        runs.append(subprocess.Popen(
+            [binary, "-c", "1" if one_each else str(clients), "-m", "1", "-D", str(int(seconds)),
+             "--warm-up-time", str(WARM_UP_SECONDS), "-d", str(body), "--log-file", str(log_k),
+             "-H", "content-type: application/grpc", "-H", "te: trailers",
+             "-H", f"authorization: Bearer {key}", f"http://{address}{SERVICE}{method}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))  # fmt: skip
+    rps, latencies = 0.0, []
+    for run, log_k in zip(runs, logs, strict=True):
+        out, err = run.communicate()
+        match = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+        lines = log_k.read_text().splitlines() if log_k.exists() else []
+        if not match or not lines:
+            raise RuntimeError(f"h2load failed:\n{out}\n{err}")
+        rps += float(match.group(1))
+        latencies += [int(line.split("\t")[2]) / 1000 for line in lines if line.strip()]
+    latencies.sort()
     return Run(
-        rps=float(match.group(1)),
+        rps=rps,
         p50_ms=statistics.median(latencies),
         p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
     )
@@ -341,7 +373,14 @@ class Row:
         return self.rps / self.pgbench_tps if self.pgbench_tps else 0.0
 
 
-FLOOR_SCENARIOS = ("CreateSession", "GetSession")
+FLOOR_SCENARIOS = (
+    "CreateSession",
+    "CreateSession with project",
+    "UpdateSession link",
+    "UpdateSession unlink",
+    "GetSession",
+    "ListSessions by project (50)",
+)
 FLOOR_LABEL = " (floor: bare grpc.aio + psycopg)"
 PEER_LABEL = " (peer: tRPC + Drizzle + pg)"
 NOT_COUNTED = -1  # gRPC codes not counted (the floor server keeps no log)
@@ -386,8 +425,12 @@ async def measure(
     """One scenario at one concurrency. Without a server log (the floor server keeps none),
     calls are counted as h2load saw them; with `pgbench_tps`, pgbench is not run again."""
     h2, pgb = tools
-    body = work / "request.grpc"
-    body.write_bytes(grpc_frame(scenario.request))
+    requests = (
+        [scenario.spread(k) for k in range(clients)] if scenario.spread else [scenario.request]
+    )
+    bodies = [work / f"request-{k}.grpc" for k in range(len(requests))]
+    for body, request in zip(bodies, requests, strict=True):
+        body.write_bytes(grpc_frame(request))
     since = server_log.stat().st_size if server_log else 0
     cpu_before = cpu_seconds(pids)
     stop = asyncio.Event()
@@ -405,7 +448,7 @@ async def measure(
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
     run = await asyncio.to_thread(
-        h2load, h2, address, key, scenario.method, body, clients, seconds, work / "h2.log"
+        h2load, h2, address, key, scenario.method, bodies, clients, seconds, work / "h2.log"
     )
     if spy is not None:
         await spy.wait()
@@ -595,6 +638,8 @@ async def measure_peer(
                 stop.set()
                 connections = await sampler
                 peer.stop()
+            if not run.ok:  # its figures would be those of errors: say so, do not print them
+                raise RuntimeError(f"the tRPC peer answered no {scenario.name} call with success")
             row = Row(scenario.name + PEER_LABEL, clients, 1, run.rps, run.p50_ms, run.p99_ms,
                       cpu / max(run.ok, 1) * 1000, rss, connections,
                       pgbench_of.get((scenario.name, clients), 0.0), run.ok, run.failed)  # fmt: skip

@@ -1,11 +1,16 @@
-"""The floor: what grpc.aio and psycopg alone cost for GetSession and CreateSession.
+"""The floor: what grpc.aio and psycopg alone cost for each call of the API benchmark.
 
 A server with nothing of ours: no auth, no validation, no tenant routing, no SQLAlchemy, no
-logging; a psycopg pool of 5 connections to one database, the statement sent as is, the row put
-in the response. The API benchmark runs it beside `studio serve` so that the gap to pgbench can
+logging; a psycopg pool of 5 connections to one database, the statement sent as is (the same
+statement studio-rpc sends: a booking with a project checks it, a link checks it in the
+UPDATE), the row put in the response. The API benchmark runs it beside `studio serve` so that the gap to pgbench can
 be split into what the transport and driver cost (this) and what the service adds.
 
-    python -m bench.floor_server <conninfo>    prints "serving gRPC on 127.0.0.1:<port>"
+    python -m bench.floor_server <conninfo> [uvloop|asyncio]
+        prints "serving gRPC on 127.0.0.1:<port>"
+
+It runs on the event loop studio-rpc runs on (uvloop, unless told): the floor is what the
+same transport and driver cost, on the same loop.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from datetime import UTC
 from typing import Any
 
 import grpc
+import uvloop
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -26,6 +32,22 @@ CREATE = (
     "INSERT INTO sessions (client_id, room_id, title, start_time, end_time)"
     " VALUES (%s, %s, %s, %s, %s) RETURNING *"
 )
+CREATE_IN_PROJECT = (
+    "INSERT INTO sessions (client_id, room_id, title, start_time, end_time, project_id)"
+    " SELECT %(client)s, %(room)s, %(title)s, %(start)s, %(end)s, %(project)s WHERE EXISTS"
+    " (SELECT 1 FROM projects WHERE id = %(project)s AND client_id = %(client)s FOR SHARE)"
+    " RETURNING *"
+)
+LINK = (
+    "UPDATE sessions SET project_id = %(project)s, version = version + 1, updated_at = now()"
+    " WHERE id = %(id)s AND EXISTS (SELECT 1 FROM projects WHERE id = %(project)s"
+    " AND client_id = sessions.client_id FOR SHARE) RETURNING *"
+)
+UNLINK = (
+    "UPDATE sessions SET project_id = NULL, version = version + 1, updated_at = now()"
+    " WHERE id = %(id)s RETURNING *"
+)
+LIST_BY_PROJECT = "SELECT * FROM sessions WHERE project_id = %s ORDER BY start_time, id LIMIT %s"
 
 
 def _session(row: dict[str, Any]) -> pb.Session:
@@ -53,12 +75,38 @@ async def serve(conninfo: str) -> None:
 
     async def create(request: pb.CreateSessionRequest, _: object) -> pb.CreateSessionResponse:
         s = request.session
-        params = (s.client_id, s.room_id, s.title, s.start_time.ToDatetime(tzinfo=UTC),
-                  s.end_time.ToDatetime(tzinfo=UTC))  # fmt: skip
+        start, end = s.start_time.ToDatetime(tzinfo=UTC), s.end_time.ToDatetime(tzinfo=UTC)
         async with pool.connection() as conn:
-            row = await (await conn.execute(CREATE, params, prepare=True)).fetchone()
+            if s.HasField("project_id"):
+                params = {"client": s.client_id, "room": s.room_id, "title": s.title,
+                          "start": start, "end": end, "project": s.project_id}  # fmt: skip
+                cursor = await conn.execute(CREATE_IN_PROJECT, params, prepare=True)
+            else:
+                params_ = (s.client_id, s.room_id, s.title, start, end)
+                cursor = await conn.execute(CREATE, params_, prepare=True)
+            row = await cursor.fetchone()
         assert row is not None
         return pb.CreateSessionResponse(session=_session(row))
+
+    async def update(request: pb.UpdateSessionRequest, _: object) -> pb.UpdateSessionResponse:
+        s = request.session  # a link or an unlink of project_id, as the benchmark sends
+        async with pool.connection() as conn:
+            if s.HasField("project_id"):
+                params = {"id": s.id, "project": s.project_id}
+                cursor = await conn.execute(LINK, params, prepare=True)
+            else:
+                cursor = await conn.execute(UNLINK, {"id": s.id}, prepare=True)
+            row = await cursor.fetchone()
+        assert row is not None
+        return pb.UpdateSessionResponse(session=_session(row))
+
+    async def list_(request: pb.ListSessionsRequest, _: object) -> pb.ListSessionsResponse:
+        params = (request.project_id, request.page_size + 1)
+        async with pool.connection() as conn:
+            rows = await (await conn.execute(LIST_BY_PROJECT, params, prepare=True)).fetchall()
+        page = [_session(row) for row in rows[: request.page_size]]
+        token = str(rows[-1]["id"]) if len(rows) > request.page_size else ""
+        return pb.ListSessionsResponse(sessions=page, next_page_token=token)
 
     handlers = {
         "GetSession": grpc.unary_unary_rpc_method_handler(
@@ -66,6 +114,12 @@ async def serve(conninfo: str) -> None:
         ),
         "CreateSession": grpc.unary_unary_rpc_method_handler(
             create, pb.CreateSessionRequest.FromString, pb.CreateSessionResponse.SerializeToString
+        ),
+        "UpdateSession": grpc.unary_unary_rpc_method_handler(
+            update, pb.UpdateSessionRequest.FromString, pb.UpdateSessionResponse.SerializeToString
+        ),
+        "ListSessions": grpc.unary_unary_rpc_method_handler(
+            list_, pb.ListSessionsRequest.FromString, pb.ListSessionsResponse.SerializeToString
         ),
     }
     server = grpc.aio.server()
@@ -79,4 +133,7 @@ async def serve(conninfo: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1]))
+    loop = sys.argv[2] if len(sys.argv) > 2 else "uvloop"
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(sys.argv[1]))

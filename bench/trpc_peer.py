@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -166,6 +167,10 @@ def _node_url(conninfo: str) -> str:
     """node-postgres takes a URL: build one from a libpq conninfo (URL or key=value)."""
     params = psycopg.conninfo.conninfo_to_dict(conninfo)
     user = params.get("user") or "postgres"
-    password = f":{params['password']}" if params.get("password") else ""
+    secret = params.get("password")
+    if not secret and params.get("passfile"):  # node-postgres reads no passfile: libpq does
+        with psycopg.connect(conninfo) as conn:
+            secret = conn.info.password
+    password = f":{quote(str(secret), safe='')}" if secret else ""
     host = params.get("host") or "127.0.0.1"
     return f"postgres://{user}{password}@{host}:{params.get('port') or 5432}/{params['dbname']}"

@@ -10,7 +10,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import uvloop
 
 from server.app import start_app
 from server.cli._common import configured_database_url, default_data_dir
@@ -26,6 +29,10 @@ __all__ = ["add_parser"]
 log = logging.getLogger("studio.serve")
 EXIT_STARTUP_FAILED = 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+EVENT_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,6 +97,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=1,
         help="server processes sharing the port (SO_REUSEPORT); one per core scales with cores;"
         " a worker that dies is replaced (5 times a minute at most, then the server exits 3)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=sorted(EVENT_LOOPS),
+        default="uvloop",
+        help="the asyncio event loop: uvloop costs less CPU per call (docs/performance.md)",
     )
     # A worker of a --workers supervisor: it may share the supervisor's port, and the
     # supervisor holds the data directory for it.
@@ -157,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
         # disk, a full pipe) must not stall the event loop (server/log_setup.py).
         with json_logging():
             try:
-                return asyncio.run(_serve(args, data_dir, reservation))
+                with asyncio.Runner(loop_factory=EVENT_LOOPS[args.event_loop]) as runner:
+                    return runner.run(_serve(args, data_dir, reservation))
             except PortInUse as exc:  # taken between our check and grpc's bind
                 log.error("studio serve: %s", exc)
                 return EXIT_STARTUP_FAILED
