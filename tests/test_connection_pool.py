@@ -89,11 +89,20 @@ async def test_a_waiter_is_handed_a_returned_connection(
     async with pool.connection() as a, pool.connection() as b:
         pids = {await _pid(a), await _pid(b)}
         waiting = asyncio.create_task(_backend(pool))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()  # the pool is at its size: it waits
+        await asyncio.sleep(0)  # it runs up to its wait: the pool is at its size
+        assert not waiting.done()
     assert await waiting in pids  # handed one of those, no third connection opened
     assert budget.open == SIZE
     assert pool.busy == 0
+
+
+def _sleeping(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'"
+            " AND state = 'active'"
+        ).fetchone()
+    return bool(row and row[0])
 
 
 async def test_a_cancelled_statement_stops_in_postgresql_and_loses_no_slot(
@@ -104,17 +113,15 @@ async def test_a_cancelled_statement_stops_in_postgresql_and_loses_no_slot(
             await conn.execute("SELECT pg_sleep(30)")
 
     task = asyncio.create_task(long())
-    await asyncio.sleep(0.2)
+    deadline = asyncio.get_running_loop().time() + 10
+    while not _sleeping(fresh_db):  # until PostgreSQL runs it
+        assert asyncio.get_running_loop().time() < deadline, "the statement never started"
+        await asyncio.sleep(0.02)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert pool.busy == 0
-    with psycopg.connect(fresh_db, autocommit=True) as admin:
-        running = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'"
-            " AND state = 'active'"
-        ).fetchone()
-    assert running == (0,)
+    assert not _sleeping(fresh_db)  # cancelled in PostgreSQL too
     assert budget.open <= 1  # kept (psycopg left it usable) or closed: never leaked
     await _backend(pool)
     assert budget.open == 1
