@@ -367,6 +367,7 @@ class Row:
     pgbench_tps: float
     grpc_ok: int
     grpc_failed: int
+    repetition: int = 1
 
     @property
     def ratio(self) -> float:
@@ -531,51 +532,67 @@ async def bench(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         try:
             big_url, big_key, keys = await provision(master_url, args.sessions, args.tenants)
             rows = []
-            for workers in args.workers:
-                log = work / f"server-{workers}.log"
-                server, address = start_server(master_url, workers, log)
-                try:
-                    pids = server_pids(server.pid)
-                    chosen = [s for s in scenarios(update_id=10_000, list_project=1)
-                              if not args.only or s.name in args.only]  # fmt: skip
-                    for scenario in chosen:
-                        for clients in args.concurrency:
-                            row = await measure(
-                                scenario, clients=clients, seconds=args.seconds,
-                                address=address, key=big_key, pids=pids, tenant_url=big_url,
-                                server_log=log, tools=tools, work=work, workers=workers,
-                                profile=args.profile,
-                            )  # fmt: skip
-                            rows.append(row)
-                            print(f"{workers}w {row.scenario:<30} c={clients:<3}"
-                                  f" {row.rps:8.0f}/s p99 {row.p99_ms:6.1f} ms"
-                                  f" cpu {row.cpu_per_1000:.2f} ms/call"
-                                  f" pgbench {row.pgbench_tps:8.0f}/s ratio {row.ratio:.2f}"
-                                  f" ok {row.grpc_ok} failed {row.grpc_failed}", flush=True)  # fmt: skip
-                    if workers == args.workers[0] and keys:
-                        for clients in [c for c in args.concurrency if c > 1]:
-                            mix = await tenant_mix(keys, clients=clients, address=address,
-                                                   h2=tools[0], work=work)  # fmt: skip
-                            single = await tenant_mix([big_key] * len(keys), clients=clients,
-                                                      address=address, h2=tools[0], work=work)  # fmt: skip
-                            notes.append(
-                                f"{len(keys)}-tenant mix (GetSession, {clients} at once, "
-                                f"{clients} h2load processes a round): {mix:.0f}/s against "
-                                f"{single:.0f}/s on one tenant measured the same way, ratio "
-                                f"{mix / single:.2f}; peak server RSS {peak_rss_mb(pids):.0f} MB"
-                            )
-                            print(notes[-1], flush=True)
-                finally:
-                    server.terminate()
-                    server.wait(30)
-                if workers == args.workers[0]:
-                    rows += await measure_floor(rows, chosen, args, big_url, tools, work)
-                    rows += await measure_peer(rows, chosen, args, base, work)
+            for repetition in range(1, args.repeat + 1):
+                rows += await one_pass(args, master_url, base, big_url, big_key, keys, tools,
+                                       work, notes, repetition)  # fmt: skip
             notes += comparisons(rows)
             return rows, notes
         finally:
             if cluster is not None:
                 cluster.stop()
+
+
+async def one_pass(
+    args: argparse.Namespace, master_url: str, base: str, big_url: str, big_key: str,
+    keys: list[str], tools: tuple[str, str], work: Path, notes: list[str], repetition: int,
+) -> list[Row]:  # fmt: skip
+    """Every chosen scenario on studio-rpc (each --workers), then the floor and the peer: a
+    repetition. Repetitions interleave the three, so that a slow moment of this shared
+    machine weighs on all of them rather than on one."""
+    rows: list[Row] = []
+    for workers in args.workers:
+        log = work / f"server-{workers}.log"
+        server, address = start_server(master_url, workers, log)
+        try:
+            pids = server_pids(server.pid)
+            chosen = [s for s in scenarios(update_id=10_000, list_project=1)
+                          if not args.only or s.name in args.only]  # fmt: skip
+            for scenario in chosen:
+                for clients in args.concurrency:
+                    row = await measure(
+                            scenario, clients=clients, seconds=args.seconds,
+                            address=address, key=big_key, pids=pids, tenant_url=big_url,
+                            server_log=log, tools=tools, work=work, workers=workers,
+                            profile=args.profile,
+                        )  # fmt: skip
+                    rows.append(row)
+                    print(f"{workers}w {row.scenario:<30} c={clients:<3}"
+                              f" {row.rps:8.0f}/s p99 {row.p99_ms:6.1f} ms"
+                              f" cpu {row.cpu_per_1000:.2f} ms/call"
+                              f" pgbench {row.pgbench_tps:8.0f}/s ratio {row.ratio:.2f}"
+                              f" ok {row.grpc_ok} failed {row.grpc_failed}", flush=True)  # fmt: skip
+            if workers == args.workers[0] and keys and repetition == 1:
+                for clients in [c for c in args.concurrency if c > 1]:
+                    mix = await tenant_mix(keys, clients=clients, address=address,
+                                               h2=tools[0], work=work)  # fmt: skip
+                    single = await tenant_mix([big_key] * len(keys), clients=clients,
+                                                  address=address, h2=tools[0], work=work)  # fmt: skip
+                    notes.append(
+                        f"{len(keys)}-tenant mix (GetSession, {clients} at once, "
+                        f"{clients} h2load processes a round): {mix:.0f}/s against "
+                        f"{single:.0f}/s on one tenant measured the same way, ratio "
+                        f"{mix / single:.2f}; peak server RSS {peak_rss_mb(pids):.0f} MB"
+                    )
+                    print(notes[-1], flush=True)
+        finally:
+            server.terminate()
+            server.wait(30)
+        if workers == args.workers[0]:
+            rows += await measure_floor(rows, chosen, args, big_url, tools, work)
+            rows += await measure_peer(rows, chosen, args, base, work)
+    for row in rows:
+        row.repetition = repetition
+    return rows
 
 
 async def measure_floor(
@@ -604,6 +621,9 @@ async def measure_floor(
     return floor_rows
 
 
+_PEERS: dict[Path, TrpcPeer] = {}
+
+
 async def measure_peer(
     rows: list[Row], chosen: list[Scenario], args: argparse.Namespace, base_url: str, work: Path
 ) -> list[Row]:
@@ -617,7 +637,8 @@ async def measure_peer(
         return []
     wrk = ensure_wrk()
     pgbench_of = {(r.scenario, r.concurrency): r.pgbench_tps for r in rows if r.workers == 1}
-    peer = await asyncio.to_thread(TrpcPeer, source, work, base_url)
+    peer = _PEERS.get(work) or await asyncio.to_thread(TrpcPeer, source, work, base_url)
+    _PEERS[work] = peer  # built and given its database once, for every repetition
     peer_rows = []
     for scenario in wanted:
         for clients in args.concurrency:
@@ -651,25 +672,47 @@ async def measure_peer(
 
 
 def comparisons(rows: list[Row]) -> list[str]:
-    """studio / tRPC peer and studio / floor, per scenario and concurrency (one worker)."""
-    by_key = {(r.scenario, r.concurrency): r for r in rows if r.workers == 1}
+    """studio / tRPC peer and studio / floor, per scenario and concurrency (one worker), over
+    the repetitions: the range of each ratio (repetition by repetition: each compares runs
+    made minutes apart)."""
+    by_key = {(r.scenario, r.concurrency, r.repetition): r for r in rows if r.workers == 1}
+    ours_keys = sorted({(n, c) for n, c, _ in by_key if "(" not in n}, key=str)
     lines = []
-    for (name, clients), ours in by_key.items():
+    for name, clients in ours_keys:
         for label, short in ((PEER_LABEL, "tRPC"), (FLOOR_LABEL, "floor")):
-            other = by_key.get((name + label, clients))
-            if other is None or not other.rps or not other.cpu_per_1000:
+            pairs = [
+                (ours, other)
+                for (n, c, rep), ours in by_key.items()
+                if (n, c) == (name, clients)
+                and (other := by_key.get((name + label, clients, rep))) is not None
+                and other.rps
+                and other.cpu_per_1000
+            ]
+            if not pairs:
                 continue
-            lines.append(
-                f"{name} at {clients}: studio / {short} req/s {ours.rps / other.rps:.2f},"
-                f" CPU per call {ours.cpu_per_1000 / other.cpu_per_1000:.2f}"
-                f" ({ours.cpu_per_1000:.2f} against {other.cpu_per_1000:.2f} ms)"
-                + (
-                    f", p99 {ours.p99_ms:.1f} against {other.p99_ms:.1f} ms"
-                    if short == "tRPC"
-                    else ""
-                )
+            rps = [o.rps / t.rps for o, t in pairs]
+            cpu = [o.cpu_per_1000 / t.cpu_per_1000 for o, t in pairs]
+            line = (
+                f"{name} at {clients}: studio / {short} req/s {_span(rps)}, CPU per call"
+                f" {_span(cpu)} ({_span([o.cpu_per_1000 for o, _ in pairs])} against"
+                f" {_span([t.cpu_per_1000 for _, t in pairs])} ms)"
             )
+            if short == "tRPC":
+                line += (
+                    f", p99 {_span([o.p99_ms for o, _ in pairs], 1)} against"
+                    f" {_span([t.p99_ms for _, t in pairs], 1)} ms"
+                )
+            lines.append(line)
     return lines
+
+
+def _span(values: list[float], digits: int = 2) -> str:
+    low, high = min(values), max(values)
+    return (
+        f"{low:.{digits}f}"
+        if f"{low:.{digits}f}" == f"{high:.{digits}f}"
+        else (f"{low:.{digits}f}-{high:.{digits}f}")
+    )
 
 
 def render(rows: list[Row], notes: list[str], args: argparse.Namespace) -> str:
@@ -734,6 +777,8 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")],
                         default=[1, 2])  # fmt: skip
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="repetitions of every run, interleaving studio, floor and peer")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results.md")
     parser.add_argument("--only", type=lambda s: s.split(","), default=[],
                         help="scenario names, comma-separated (default: all)")  # fmt: skip
