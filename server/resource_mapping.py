@@ -96,8 +96,24 @@ def _enum_names(field: Any) -> tuple[dict[int, str], dict[str, int]]:  # noqa: A
 
 
 class ResourceMapping(Generic[M]):
-    def __init__(self, message_type: type[M], table: Table, fields: tuple[Field, ...]) -> None:
+    """How a resource's fields become columns and back.
+
+    `example`: a valid resource whose fields are as permissive as their rules allow (the
+    widest time range, say). An update that writes some fields in one statement has them
+    validated laid over it (standard_methods.update_at_once): the rules of the fields it
+    leaves alone then have nothing to report, which is cheaper than reporting and dropping
+    it. tests/unit checks that each example is valid."""
+
+    def __init__(
+        self,
+        message_type: type[M],
+        table: Table,
+        fields: tuple[Field, ...],
+        *,
+        example: M | None = None,
+    ) -> None:
         self.message_type = message_type
+        self.example = example
         self.table = table
         self.fields = {f.name: f for f in fields}
         self.descriptors = {f.name: message_type.DESCRIPTOR.fields_by_name[f.name] for f in fields}

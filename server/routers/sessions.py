@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC
 from typing import TYPE_CHECKING
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from db.references import (
     client_exists,
     lock_project_client,
@@ -17,6 +19,7 @@ from server import standard_methods
 from server.errors import FailedPrecondition
 from server.resource_mapping import Field, Kind, ResourceMapping
 from server.router import Router
+from server.validation import MAX_SECONDS, MIN_SECONDS
 from studio.v1 import session_pb2 as pb
 
 if TYPE_CHECKING:
@@ -45,6 +48,15 @@ SESSION = ResourceMapping(
         Field("deposit_paid", Kind.BOOL),
         Field("payment_status", Kind.ENUM),
         Field("notes", Kind.TEXT),
+    ),
+    # The widest time range: an update writing one end is checked against the stored other
+    # end by sessions_time_range_check, not against this.
+    example=pb.Session(
+        client_id=1,
+        room_id=1,
+        title="-",
+        start_time=Timestamp(seconds=MIN_SECONDS),
+        end_time=Timestamp(seconds=MAX_SECONDS),
     ),
 )
 

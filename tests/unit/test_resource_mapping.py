@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -22,11 +23,14 @@ from server.resource_mapping import (
     version_of_etag,
 )
 from server.routers.clients import CLIENT
+from server.routers.projects import PROJECT
 from server.routers.rooms import ROOM
 from server.routers.sessions import SESSION
+from server.validation import validate_resource, validate_written
 from studio.v1 import client_pb2, room_pb2, session_pb2
 
 START = datetime(2027, 3, 1, 10, 0, tzinfo=UTC)
+ALL_MAPPINGS: list[ResourceMapping[Any]] = [CLIENT, ROOM, PROJECT, SESSION]
 
 
 def _session_row(**changes: object) -> dict[str, object]:
@@ -172,3 +176,24 @@ def test_the_merged_resource_is_what_the_update_would_store() -> None:
 def test_a_mapping_must_map_every_writable_field() -> None:
     with pytest.raises(AssertionError, match="fields without a column"):
         ResourceMapping(client_pb2.Client, clients, (Field("name", Kind.TEXT),))
+
+
+@pytest.mark.parametrize("mapping", [m for m in ALL_MAPPINGS if m.example is not None],
+                         ids=lambda m: m.message_type.__name__)  # fmt: skip
+def test_each_example_is_a_valid_resource(mapping: ResourceMapping[Any]) -> None:
+    """An update's written fields are validated laid over the example: an invalid example
+    would refuse updates for a field they do not write."""
+    assert mapping.example is not None
+    validate_resource(mapping.example, "example")  # raises if not
+
+
+def test_an_update_writing_one_field_is_checked_at_that_field_only() -> None:
+    """Laid over the example, the rules of the fields an update leaves alone stay quiet."""
+    patch = session_pb2.Session(id=1, project_id=0, end_time=Timestamp(seconds=1))
+    paths = ["end_time"]
+    validate_written(SESSION.merged(SESSION.example, patch, paths), "session", paths)
+    paths = ["title"]  # cleared: required
+    written = SESSION.merged(SESSION.example, patch, paths)
+    with pytest.raises(InvalidArgument) as refused:
+        validate_written(written, "session", paths)
+    assert [v.field for v in refused.value.field_violations] == ["session.title"]
