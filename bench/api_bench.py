@@ -686,7 +686,8 @@ def comparisons(rows: list[Row]) -> list[str]:
     the repetitions: the range of each ratio (repetition by repetition: each compares runs
     made minutes apart)."""
     by_key = {(r.scenario, r.concurrency, r.repetition): r for r in rows if r.workers == 1}
-    ours_keys = sorted({(n, c) for n, c, _ in by_key if "(" not in n}, key=str)
+    others = (PEER_LABEL, FLOOR_LABEL)
+    ours_keys = sorted({(n, c) for n, c, _ in by_key if not n.endswith(others)}, key=str)
     lines = []
     for name, clients in ours_keys:
         for label, short in ((PEER_LABEL, "tRPC"), (FLOOR_LABEL, "floor")):
