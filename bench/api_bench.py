@@ -399,7 +399,7 @@ def start_floor(tenant_url: str) -> tuple[subprocess.Popen[str], str]:
     """bench/floor_server.py on the big studio's database: the transport and the driver and
     nothing of ours, to split the gap to pgbench into theirs and ours."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "bench.floor_server", tenant_url],
+        on_server_cores([sys.executable, "-m", "bench.floor_server", tenant_url, EVENT_LOOP[0]]),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     return server, listening_address(server, "the floor server")
@@ -415,12 +415,34 @@ def listening_address(server: subprocess.Popen[str], name: str, log: Path | None
     return line.split()[3]
 
 
+EVENT_LOOP = ["uvloop"]  # --event-loop, for studio serve and the floor alike
+SERVER_CORES: set[int] = set()  # --pin: the cores of the server under test; empty: any
+
+
+def on_server_cores(command: list[str]) -> list[str]:
+    """A server under test's command line: with --pin, on its cores (its workers too)."""
+    if not SERVER_CORES:
+        return command
+    return ["taskset", "-c", ",".join(map(str, sorted(SERVER_CORES))), *command]
+
+
+def pin(workers: int) -> None:
+    """--pin: the server under test on cores 0..workers-1, everything else this benchmark
+    starts (PostgreSQL, h2load, wrk, pgbench) on the others."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) <= workers:
+        sys.exit(f"--pin needs more than {workers} cores; this machine gives {len(cores)}")
+    SERVER_CORES.update(cores[:workers])
+    os.sched_setaffinity(0, cores[workers:])  # inherited by what we start from now on
+
+
 def start_server(master_url: str, workers: int, log: Path) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
     studio = str(Path(sys.executable).parent / "studio")
     server = subprocess.Popen(
-        [studio, "serve", "--port", "0", "--no-demo", "--skip-migrations",
-         "--workers", str(workers), "--max-db-connections", "1050"],
+        on_server_cores([studio, "serve", "--port", "0", "--no-demo", "--skip-migrations",
+                         "--workers", str(workers), "--max-db-connections", "1050",
+                         "--event-loop", EVENT_LOOP[0]]),
         env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
     )  # fmt: skip
     return server, listening_address(server, "studio serve", log)
@@ -649,6 +671,7 @@ async def measure_peer(
     pgbench_of = {(r.scenario, r.concurrency): r.pgbench_tps for r in rows if r.workers == 1}
     peer = _PEERS.get(work) or await asyncio.to_thread(TrpcPeer, source, work, base_url)
     _PEERS[work] = peer  # built and given its database once, for every repetition
+    peer.wrap = on_server_cores
     peer_rows = []
     for scenario in wanted:
         for clients in args.concurrency:
@@ -731,7 +754,8 @@ def render(rows: list[Row], notes: list[str], args: argparse.Namespace) -> str:
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python"
         f" {platform.python_version()}, PostgreSQL 18 (embedded binaries, fsync and"
         f" synchronous_commit on), server, PostgreSQL, h2load and pgbench on the same machine."
-        f" {args.sessions} sessions in the big studio; {args.seconds:g} s per run.",
+        f" {args.sessions} sessions in the big studio; {args.seconds:g} s per run,"
+        f" {args.repeat} repetitions; event loop {args.event_loop}.",
         "",
         "| scenario | workers | clients | req/s | p50 ms | p99 ms | CPU s / 1000 req |"
         " peak RSS MB | PG conns | pgbench tps | ratio | gRPC OK / failed |",
@@ -783,6 +807,11 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")],
                         default=[1, 2])  # fmt: skip
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="the event loop of studio serve and of the floor")  # fmt: skip
+    parser.add_argument("--pin", action="store_true",
+                        help="the server on cores of its own (one per worker), the rest on"
+                        " the others (needs more cores than workers)")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=2,
                         help="repetitions of every run, interleaving studio, floor and peer")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results.md")
@@ -791,6 +820,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None,
                         help="record each run with py-spy into this directory")  # fmt: skip
     args = parser.parse_args()
+    EVENT_LOOP[0] = args.event_loop
+    if args.pin:
+        pin(max(args.workers))
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     rows, notes = asyncio.run(bench(args))
