@@ -35,7 +35,7 @@ from db.tenant_roles import MAY_SET_ROLE
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
-    from db.migrations.sql_split import Statement
+    from db.migrations.sql_parse import Statement
 
 __all__ = ["DatabaseReport", "MigrationError", "Mode", "Status", "run_database"]
 
