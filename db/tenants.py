@@ -14,6 +14,7 @@ import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -265,11 +266,13 @@ async def provision_tenants(
     *,
     concurrency: int = 4,
     on_done: Callable[[TenantSpec, ProvisionedTenant | ProvisionError], None] | None = None,
+    tenant_dir: Path | None = None,
 ) -> list[ProvisionedTenant | ProvisionError]:
     """Provision each studio (`concurrency` at once), in the order given; one that fails is
-    its ProvisionError in the list (and left nothing behind), the others go on."""
+    its ProvisionError in the list (and left nothing behind), the others go on.
+    `tenant_dir`: tenant files other than the built-in ones."""
     master = create_engine_for(master_url, pool_size=concurrency)
-    files, problems = load_migrations(migrations_dir("tenant"))
+    files, problems = load_migrations(tenant_dir or migrations_dir("tenant"))
     batch = _Provisioning(master_url, master, files, problems)
     slots = asyncio.Semaphore(concurrency)
 

@@ -306,7 +306,7 @@ class Fleet:
                 statement_timeout=options.statement_timeout.of(target.server),
                 on_connected=server.answered.set,
             )  # fmt: skip
-        if report.status is Status.UNREACHABLE and report.error and not report.error.sqlstate:
+        if report.status is Status.UNREACHABLE and report.error and report.no_answer:
             # No reply at all (silence or a refused connection): the server, not the tenant.
             server.down = f"{target.server} did not answer {target.name}: {report.error.message}"
         return report

@@ -132,6 +132,9 @@ class DatabaseReport:
     warnings: list[str] = field(default_factory=list)
     error: MigrationError | None = None
     duration_ms: int = 0
+    # Unreachable with no word from the server (silence, or a refused connection): the
+    # server is taken for gone, not only this database. Not in the report.
+    no_answer: bool = field(default=False, compare=False)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -445,12 +448,16 @@ async def _connect(
 
 def _unreachable(report: DatabaseReport, exc: BaseException, connect_timeout: float) -> None:
     report.status = Status.UNREACHABLE
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError | psycopg.errors.ConnectionTimeout):
         message = f"the server did not answer within {connect_timeout:g}s (--connect-timeout)"
         report.error = MigrationError(None, None, None, message)
+        report.no_answer = True
         return
     sqlstate = exc.sqlstate if isinstance(exc, psycopg.Error) else None
     report.error = MigrationError(None, None, sqlstate, _first_line(exc))
+    # libpq relays what the server said as "FATAL: ..." (no such database, no permission):
+    # without it, nothing answered (connection refused, no route).
+    report.no_answer = sqlstate is None and "FATAL:" not in str(exc)
 
 
 async def run_database(
