@@ -205,7 +205,7 @@ def test_status_shows_the_failure_a_run_recorded_instead_of_behind(
     as_json = fleet_setup.studio("status", "--json")
 
     assert table.returncode == 4, table.stdout + table.stderr
-    table_part = table.stdout[table.stdout.index("database ") :]  # after the per-database lines
+    table_part = table.stdout[table.stdout.index("\ndatabase ") :]  # after the per-database lines
     [line] = [line for line in table_part.splitlines() if line.startswith(f"tenant {slug} ")]
     assert 'failed: 0009_nine.sql:2: relation "nine" already exists (SQLSTATE 42P07) at ' in line
     assert "behind" not in line
