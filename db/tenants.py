@@ -11,8 +11,9 @@ again, and nothing is left behind in the master. `provision_tenants` does many a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,6 +169,33 @@ class _Provisioning:
     files: list[MigrationFile]
     problems: list[str]
     templates: dict[str, asyncio.Task[Template | None]] = field(default_factory=dict)
+    # Idle connections to each server's postgres database, reused across studios: a new
+    # connection costs a password exchange (SCRAM) each time.
+    idle: dict[str, list[psycopg.AsyncConnection[tuple[object, ...]]]] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def admin(
+        self, server_url: str
+    ) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+        idle = self.idle.setdefault(server_of(server_url), [])
+        conn = (
+            idle.pop()
+            if idle
+            else await psycopg.AsyncConnection.connect(
+                with_database(server_url, "postgres"), autocommit=True
+            )
+        )
+        try:
+            yield conn
+        except BaseException:
+            await conn.close()
+            raise
+        idle.append(conn)
+
+    async def close(self) -> None:
+        for idle in self.idle.values():
+            for conn in idle:
+                await conn.close()
 
     def template(self, server_url: str) -> asyncio.Task[Template | None]:
         """The server's template, built once per batch (and per set of files on the server)."""
@@ -199,9 +227,7 @@ async def _create_database(
 ) -> Template | None:
     """The new database: a copy of the server's template, or empty when there is none."""
     template = await batch.template(admin_url)
-    async with await psycopg.AsyncConnection.connect(
-        with_database(admin_url, "postgres"), autocommit=True
-    ) as conn:
+    async with batch.admin(admin_url) as conn:
         cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database_name,))
         if await cur.fetchone():
             raise ProvisionError(f"database {database_name} already exists; refusing to reuse it")
@@ -294,6 +320,7 @@ async def provision_tenants(
     try:
         return list(await asyncio.gather(*(one(spec) for spec in specs)))
     finally:
+        await batch.close()
         await master.dispose()
 
 
