@@ -6,7 +6,7 @@
                                                   buf lint, then the pytest suite
     python3 dev.py generate                       regenerate generated/ from protos/
     python3 dev.py lock                           re-pin transitive dependencies (requirements.lock)
-    python3 dev.py bench fleet [--tenants 200]    the fleet migration benchmark (bench/)
+    python3 dev.py bench fleet [--tenants 1000]   fleet provisioning and migration benchmark
     python3 dev.py bench api                      the API benchmark against pgbench (bench/)
 
 It is the "Makefile" of the project, written in Python so that a fresh machine with only

@@ -66,6 +66,13 @@ def second_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def third_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A third PostgreSQL server, for fleets spread over three."""
+    with _throwaway_cluster(tmp_path_factory, "third") as url:
+        yield url
+
+
 @contextmanager
 def _throwaway_cluster(factory: pytest.TempPathFactory, name: str) -> Iterator[str]:
     cluster = LocalPostgres(factory.mktemp(name) / "data", durable=False)
@@ -100,9 +107,9 @@ class Databases:
                 "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"st_{RUN_ID}_%",)
             ).fetchall()
             for (name,) in rows:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+                ident = sql.Identifier(name)  # a template database must stop being one first
+                conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(ident))
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
             # Tenant roles are named like their databases, and are cluster-wide: once the
             # databases they own are gone, the run's roles go too.
             roles = conn.execute(
