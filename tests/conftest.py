@@ -13,6 +13,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,15 +102,21 @@ class Databases:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return with_database(self.server_url, name)
 
+    def _drop(self, name: str) -> None:
+        with psycopg.connect(self.server_url, autocommit=True) as conn:
+            ident = sql.Identifier(name)  # a template database must stop being one first
+            conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(ident))
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
     def drop_all(self) -> None:
         with psycopg.connect(self.server_url, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"st_{RUN_ID}_%",)
             ).fetchall()
-            for (name,) in rows:
-                ident = sql.Identifier(name)  # a template database must stop being one first
-                conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(ident))
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+            # Several at once: each DROP DATABASE waits for a checkpoint, and concurrent ones
+            # share it (30 databases: 34 s one by one, 2.3 s eight at a time, here).
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(self._drop, [name for (name,) in rows]))
             # Tenant roles are named like their databases, and are cluster-wide: once the
             # databases they own are gone, the run's roles go too.
             roles = conn.execute(
