@@ -56,6 +56,7 @@ from server.cli._common import (
     master_database_url,
 )
 from server.cli.help import StudioParser
+from server.cli.migrate_lint import add_lint_parser
 from server.cli.migrate_report import EXIT_FAILED, Output, exit_code, failed_targets
 
 __all__ = ["add_parser", "exit_code"]
@@ -301,6 +302,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             )
         add_data_dir_option(action)
         action.set_defaults(run=run, mode=name)
+    add_lint_parser(actions)
 
 
 def _policy(args: argparse.Namespace) -> Policy:
