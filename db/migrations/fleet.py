@@ -154,10 +154,10 @@ class Part:
     cover a fleet once, with no tenant in two shares and none in no share.
 
     A tenant's share is a hash of its slug alone, so it does not move when tenants are added
-    or removed (or when the catalogue is listed in another order): only a change of `count`
-    moves tenants between shares. The master is not shared: every part brings it up to date
-    first (under its migration lock, so the parts take turns and all but the first find it
-    current).
+    or removed (or when the catalogue is listed in another order); a change of `count` moves
+    only the tenants that the new shares take. The master is not shared: every part brings it
+    up to date first (under its migration lock, so the parts take turns and all but the first
+    find it current).
     """
 
     index: int
@@ -169,9 +169,15 @@ class Part:
 
     @staticmethod
     def of(slug: str, count: int) -> int:
-        """The share (1-based) that holds the tenant with this slug."""
-        digest = hashlib.sha256(slug.encode("utf-8")).digest()
-        return int.from_bytes(digest[:8], "big") % count + 1
+        """The share (1-based) that holds the tenant with this slug: the share whose hash with
+        the slug is highest (rendezvous hashing), so that going from N to N+1 shares moves
+        only the tenants the new share takes (about 1 in N+1), not most of them as a modulo
+        would."""
+
+        def weight(share: int) -> bytes:
+            return hashlib.sha256(f"{share}/{slug}".encode()).digest()
+
+        return max(range(1, count + 1), key=weight)
 
     def holds(self, slug: str) -> bool:
         return self.of(slug, self.count) == self.index
