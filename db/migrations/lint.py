@@ -7,7 +7,9 @@ not create itself (a table created earlier in the same file is new, empty and un
 nothing it does to that table is flagged). Any tenant's table may be big, so every existing
 table is taken for a big one.
 
-    rewrite-or-lock             ALTER COLUMN ... TYPE, SET NOT NULL, ADD COLUMN with a volatile
+    rewrite-or-lock             ALTER COLUMN ... TYPE, SET NOT NULL (unless an earlier file
+                                validated a CHECK (column IS NOT NULL): then PostgreSQL skips
+                                the scan), ADD COLUMN with a volatile
                                 default, an identity or a stored generated column, SET
                                 TABLESPACE / LOGGED / UNLOGGED, CLUSTER, LOCK TABLE in a mode
                                 that blocks writes: each rewrites or scans the table under a
@@ -211,13 +213,56 @@ REWRITES = {
 }
 
 
-def _alter_table(node: ast.AlterTableStmt) -> Iterator[tuple[str, str]]:
+@dataclass
+class _Known:
+    """What earlier statements of the folder proved: (table, column) pairs with a validated
+    CHECK (column IS NOT NULL), which lets SET NOT NULL skip its scan (PostgreSQL 12+)."""
+
+    not_null: set[tuple[str, str]] = field(default_factory=set)
+    pending: dict[str, tuple[str, str]] = field(default_factory=dict)  # NOT VALID, by name
+
+    def learn(self, node: ast.Node | None) -> None:
+        if not isinstance(node, ast.AlterTableStmt):
+            return
+        table = _name(node.relation)
+        for cmd in node.cmds or ():
+            if not isinstance(cmd, ast.AlterTableCmd):
+                continue
+            c = cmd.def_
+            if cmd.subtype == AT.AT_AddConstraint and isinstance(c, ast.Constraint):
+                column = _is_not_null_check(c)
+                if column is not None and c.skip_validation and c.conname:
+                    self.pending[c.conname] = (table, column)
+                elif column is not None:
+                    self.not_null.add((table, column))
+            elif cmd.subtype == AT.AT_ValidateConstraint and cmd.name in self.pending:
+                self.not_null.add(self.pending.pop(cmd.name))
+
+
+def _is_not_null_check(c: ast.Constraint) -> str | None:
+    """The column of a `CHECK (column IS NOT NULL)`, else None."""
+    test = c.raw_expr
+    if c.contype != CT.CONSTR_CHECK or not isinstance(test, ast.NullTest):
+        return None
+    if test.nulltesttype != enums.NullTestType.IS_NOT_NULL:
+        return None
+    ref = test.arg
+    if isinstance(ref, ast.ColumnRef) and ref.fields and isinstance(ref.fields[-1], ast.String):
+        return (ref.fields[-1].sval or "").lower()
+    return None
+
+
+def _alter_table(node: ast.AlterTableStmt, known: _Known) -> Iterator[tuple[str, str]]:
     table = _name(node.relation)
     for cmd in node.cmds or ():
         if not isinstance(cmd, ast.AlterTableCmd):
             continue
         if cmd.subtype == AT.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef):
             yield from _add_column(table, cmd.def_)
+        elif (
+            cmd.subtype == AT.AT_SetNotNull and (table, (cmd.name or "").lower()) in known.not_null
+        ):
+            continue  # a validated CHECK (column IS NOT NULL) spares the scan
         elif cmd.subtype in REWRITES:
             yield "rewrite-or-lock", REWRITES[cmd.subtype].format(t=table)
         elif cmd.subtype == AT.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint):
@@ -235,7 +280,7 @@ def _alter_table(node: ast.AlterTableStmt) -> Iterator[tuple[str, str]]:
                        " ADD CONSTRAINT ... USING INDEX")  # fmt: skip
 
 
-def _checks(node: ast.Node | None, created: set[str]) -> Iterator[tuple[str, str]]:
+def _checks(node: ast.Node | None, created: set[str], known: _Known) -> Iterator[tuple[str, str]]:
     """(rule, message) for one statement; `created`: tables made earlier in the file."""
     if isinstance(node, ast.IndexStmt):
         table = _name(node.relation)
@@ -246,7 +291,7 @@ def _checks(node: ast.Node | None, created: set[str]) -> Iterator[tuple[str, str
                    " file")  # fmt: skip
     elif isinstance(node, ast.AlterTableStmt) and node.objtype == enums.ObjectType.OBJECT_TABLE:
         if _name(node.relation) not in created:
-            yield from _alter_table(node)
+            yield from _alter_table(node, known)
     elif isinstance(node, ast.LockStmt) and (node.mode or 8) >= BLOCKS_WRITES:
         tables = [_name(r) for r in node.relations or () if isinstance(r, ast.RangeVar)]
         if any(t not in created for t in tables):
@@ -396,7 +441,7 @@ def _squawk(path: Path, text: str, transactional: bool) -> list[tuple[int, str, 
     ]
 
 
-def _lint_file(path: Path, file: MigrationFile) -> list[Finding]:
+def _lint_file(path: Path, file: MigrationFile, known: _Known) -> list[Finding]:
     text, _placeholders, _problems = stand_in(file.sql)
     try:
         statements = parse_statements(text)
@@ -408,8 +453,9 @@ def _lint_file(path: Path, file: MigrationFile) -> list[Finding]:
     for index, statement in enumerate(statements):
         inner = [(statement.line, statement.node), *_do_statements(statement)]
         for line, node in inner:
-            for rule, message in _checks(node, set(created)):
+            for rule, message in _checks(node, set(created), known):
                 raw.append((index, line, rule, message))
+            known.learn(node)
             flat.append((index, line, node))
         made = _created(statement.node)
         if made:
@@ -447,8 +493,9 @@ def lint_folder(folder: Path) -> list[Finding]:
             else ("", 1, problem)
         )
         findings.append(Finding(folder / name, line, "refused", message))
+    known = _Known()  # carried from file to file, in version order
     for file in files:
-        findings += _lint_file(folder / file.filename, file)
+        findings += _lint_file(folder / file.filename, file, known)
     return sorted(findings)
 
 
