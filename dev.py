@@ -3,7 +3,7 @@
 
     python3 dev.py serve [studio serve options]   install into .venv if needed, then serve
     python3 dev.py test [pytest options]          every check: codegen freshness, ruff, mypy,
-                                                  buf lint, then the pytest suite
+                                                  buf lint, migrate lint, then the pytest suite
     python3 dev.py generate                       regenerate generated/ from protos/
     python3 dev.py lock                           re-pin transitive dependencies (requirements.lock)
     python3 dev.py bench fleet [--tenants 1000]   fleet provisioning and migration benchmark
@@ -209,6 +209,8 @@ def test(pytest_args: list[str]) -> int:
         ("ruff format", [BIN / "ruff", "format", "--check", "--quiet", "."]),
         ("mypy --strict", [BIN / "mypy"]),
         ("buf lint", [BIN / "buf", "lint"]),
+        # squawk and our rules over the migration files, as operators run it before a fleet
+        ("migrate lint", [BIN / "studio", "migrate", "lint", ROOT / "migrations_sql"]),
     ]
     failed = []
     if check_generated_fresh() != 0:

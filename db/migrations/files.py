@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
 __all__ = [
+    "LINT_LINE",
     "Kind",
     "MigrationFile",
     "checksum",
@@ -48,6 +49,7 @@ FILENAME = re.compile(r"^(?P<version>\d{4,})_(?P<name>[a-z0-9_]+)\.sql$")
 DIRECTIVE = re.compile(r"^--\s*migrate:\s*(?P<body>.*)$")
 SETTINGS = {"lock_timeout", "statement_timeout"}
 TIMEOUT_VALUE = re.compile(r"^\d+(ms|s|min|h)?$")
+LINT_LINE = re.compile(r"^[ \t]*--[ \t]*lint:.*(\n|$)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class MigrationFile:
     transactional: bool
     lock_timeout: str | None
     statement_timeout: str | None
+    # The checksum without `-- lint:` lines (db/migrations/lint.py): an applied file whose
+    # only edit is a lint annotation is not edited, and draws no drift warning.
+    checksum_unannotated: str = ""
     # Parsed once when loaded, and reused for every database of a fleet run.
     statements: tuple[Statement, ...] = field(default=(), repr=False, compare=False)
     placeholders: tuple[Placeholder, ...] = field(default=(), repr=False, compare=False)
@@ -203,6 +208,7 @@ def load_migrations(directory: Path) -> tuple[list[MigrationFile], list[str]]:
             sql=text,
             checksum=checksum(text),
             checksum_loose=checksum(loose),
+            checksum_unannotated=checksum(LINT_LINE.sub("", text)),
             transactional="no-transaction" not in directives,
             lock_timeout=directives.get("lock_timeout"),
             statement_timeout=directives.get("statement_timeout"),

@@ -16,6 +16,7 @@ remaining tenants are reported unreachable at once instead of each waiting in tu
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +37,16 @@ from db.tenant_catalog import (
     tenant_conninfo,
 )
 
-__all__ = ["BAD", "Fleet", "FleetOptions", "PerServer", "Target", "placeholder_values", "run_one"]
+__all__ = [
+    "BAD",
+    "Fleet",
+    "FleetOptions",
+    "Part",
+    "PerServer",
+    "Target",
+    "placeholder_values",
+    "run_one",
+]
 
 BAD = frozenset(
     {
@@ -138,6 +148,44 @@ class _Server:
     down: str | None = None  # why it is taken for gone: its tenants are not tried
 
 
+@dataclass(frozen=True)
+class Part:
+    """Share `index` (1-based) of `count` of the tenants: several runners, one per share,
+    cover a fleet once, with no tenant in two shares and none in no share.
+
+    A tenant's share is a hash of its slug alone, so it does not move when tenants are added
+    or removed (or when the catalogue is listed in another order); a change of `count` moves
+    only the tenants that the new shares take. The master is not shared: every part brings it
+    up to date first (under its migration lock, so the parts take turns and all but the first
+    find it current).
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= self.count:
+            raise ValueError(f"part {self.index}/{self.count}: give K/N with 1 <= K <= N")
+
+    @staticmethod
+    def of(slug: str, count: int) -> int:
+        """The share (1-based) that holds the tenant with this slug: the share whose hash with
+        the slug is highest (rendezvous hashing), so that going from N to N+1 shares moves
+        only the tenants the new share takes (about 1 in N+1), not most of them as a modulo
+        would."""
+
+        def weight(share: int) -> bytes:
+            return hashlib.sha256(f"{share}/{slug}".encode()).digest()
+
+        return max(range(1, count + 1), key=weight)
+
+    def holds(self, slug: str) -> bool:
+        return self.of(slug, self.count) == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
 @dataclass
 class FleetOptions:
     mode: Mode = "up"
@@ -147,6 +195,7 @@ class FleetOptions:
     max_failures: int | None = None
     canary: int = 0
     only: frozenset[str] | None = None  # re-run just these targets (e.g. from a report)
+    part: Part | None = None  # this runner's share of the tenants (`--part K/N`)
     lock_wait: float = 60.0
     tenant_dir: Path | None = None  # tenant files other than the built-in ones
     policy: Policy = field(default_factory=Policy)
@@ -248,6 +297,9 @@ class Fleet:
         ]
         if self.options.only is not None:
             targets = [t for t in targets if t.name in self.options.only]
+        part = self.options.part
+        if part is not None:
+            targets = [t for t in targets if part.holds(t.slug)]
         return targets
 
     def _server(self, name: str) -> _Server:

@@ -218,7 +218,10 @@ def _plan(
                     f"{file.filename}: its first {done} statements ran and were edited since"
                 )
             plan.partial[row.version] = row
-        elif row.status == "applied" and file.checksum != row.checksum:
+        elif row.status == "applied" and row.checksum not in {
+            file.checksum,
+            file.checksum_unannotated,  # edited by a `-- lint:` annotation alone
+        }:
             _edited(plan, row, file, policy, repair_with)
     completed = {row.version for row in applied if row.complete}
     plan.pending = [f for f in files if f.version not in completed]

@@ -38,7 +38,14 @@ from typing import NoReturn
 
 import psycopg
 
-from db.migrations.fleet import Fleet, FleetOptions, PerServer, placeholder_values, run_one
+from db.migrations.fleet import (
+    Fleet,
+    FleetOptions,
+    Part,
+    PerServer,
+    placeholder_values,
+    run_one,
+)
 from db.migrations.runner import DatabaseReport, Policy, Status
 from db.tenant_catalog import list_tenants, server_of, tenant_conninfo
 from server.cli._common import (
@@ -49,6 +56,7 @@ from server.cli._common import (
     master_database_url,
 )
 from server.cli.help import StudioParser
+from server.cli.migrate_lint import add_lint_parser
 from server.cli.migrate_report import EXIT_FAILED, Output, exit_code, failed_targets
 
 __all__ = ["add_parser", "exit_code"]
@@ -82,6 +90,19 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
     return value
+
+
+def _part(text: str) -> Part:
+    """`K/N`: share K of N (see Part)."""
+    index, sep, count = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        return Part(int(index), int(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give K/N, two whole numbers with 1 <= K <= N (e.g. 2/4)"
+        ) from None
 
 
 def _per_server(text: str) -> tuple[str | None, float]:
@@ -219,6 +240,14 @@ def _add_fleet(action: argparse.ArgumentParser) -> None:
         help="start no new tenant after K failures (default: no limit)",
     )
     action.add_argument(
+        "--part",
+        type=_part,
+        metavar="K/N",
+        help="only share K of N of the tenants (by a hash of each slug, so a tenant keeps"
+        " its share as the catalogue grows): N runners, one per share, cover the fleet"
+        " once; every part brings the master up to date first",
+    )
+    action.add_argument(
         "--only-failed",
         type=Path,
         metavar="REPORT",
@@ -273,6 +302,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             )
         add_data_dir_option(action)
         action.set_defaults(run=run, mode=name)
+    add_lint_parser(actions)
 
 
 def _policy(args: argparse.Namespace) -> Policy:
@@ -347,6 +377,7 @@ def _fleet(args: argparse.Namespace, url: str, out: Output) -> Fleet:
             canary=args.canary,
             lock_wait=args.lock_wait,
             only=only,
+            part=args.part,
             tenant_dir=args.migrations_dir,
             policy=_policy(args),
             connect_timeout=_settings(args.connect_timeout, 10.0),
@@ -361,6 +392,8 @@ def _check_usage(args: argparse.Namespace) -> None:
     one = args.mode in {"baseline", "repair"}
     if args.database_url and args.tenant:
         raise _Usage("give --database-url or --tenant, not both")
+    if args.database_url and getattr(args, "part", None):
+        raise _Usage("--part shares the tenants of the master: not with --database-url")
     if one and args.tenant and len(args.tenant) > 1:
         raise _Usage(f"{args.mode} acts on one database: give --tenant once")
     if one and not (args.database_url or args.tenant or args.kind == "master"):
