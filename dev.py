@@ -81,7 +81,8 @@ def _proto_files() -> list[str]:
 
 
 def generate_into(out: Path) -> None:
-    """Generate messages, gRPC stubs and mypy stubs for our protos (and validate.proto)."""
+    """Generate messages, gRPC stubs and mypy stubs for our protos (and validate.proto), and
+    Connect clients and servers (protoc-gen-connectrpc, on the same google.protobuf messages)."""
     out.mkdir(parents=True, exist_ok=True)
     _run(
         PY,
@@ -92,6 +93,8 @@ def generate_into(out: Path) -> None:
         f"--grpc_python_out={out}",
         f"--mypy_out=quiet:{out}",
         f"--mypy_grpc_out=quiet:{out}",
+        f"--plugin=protoc-gen-connectrpc={BIN / 'protoc-gen-connectrpc'}",
+        f"--connectrpc_out=protobuf=google:{out}",
         *_proto_files(),
     )
     # protoc writes no __init__.py; setuptools and mypy want regular packages.

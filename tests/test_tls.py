@@ -106,7 +106,7 @@ def test_half_a_tls_configuration_is_refused_not_served_in_the_clear(
     tmp_path: Path, flags: tuple[str, str]
 ) -> None:
     result = subprocess.run(
-        [STUDIO, "serve", "--port", "0", "--data-dir", str(tmp_path), flags[0],
+        [STUDIO, "serve", "--port", "0", "--http-port", "0", "--data-dir", str(tmp_path), flags[0],
          str(tmp_path / flags[1])],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
