@@ -129,6 +129,20 @@ def ensure_node_packages() -> bool:
     return True
 
 
+def ensure_chromium() -> bool:
+    """Debian's chromium for the browser test (tests/test_web_page.py), installed with apt-get
+    when missing and we may (root, as on CI); False if it is not there."""
+    if shutil.which("chromium"):
+        return True
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return False
+    print("dev: installing chromium (Debian) for the browser test", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["update", "-q"], ["install", "-y", "-q", "chromium"]):
+        subprocess.run(["apt-get", *command], env=env, stdout=subprocess.DEVNULL, check=False)
+    return shutil.which("chromium") is not None
+
+
 def _googleapis_protos() -> str:
     """googleapis-common-protos ships google/rpc/*.proto beside its Python modules."""
     return subprocess.run(
@@ -228,6 +242,14 @@ def test(pytest_args: list[str]) -> int:
         else:
             print("dev: node is not on PATH: the TypeScript client suite will be SKIPPED",
                   file=sys.stderr)  # fmt: skip
+    if not ensure_chromium():
+        if in_ci():
+            print("dev: chromium is not on PATH, and CI must run the browser test",
+                  file=sys.stderr)  # fmt: skip
+            failed.append("chromium")
+        else:
+            print("dev: chromium is not on PATH: the browser test will be SKIPPED"
+                  " (apt-get install chromium)", file=sys.stderr)  # fmt: skip
     rc = _run(PY, "-m", "pytest", *pytest_args, check=False)
     if failed:
         print(f"dev: FAILED checks: {', '.join(failed)}", file=sys.stderr)

@@ -4,7 +4,9 @@ PostgreSQL, over real sockets."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -498,3 +500,73 @@ def _listening_pids(port: int) -> set[int]:
         if links & inodes:
             pids.add(int(proc.name))
     return pids
+
+
+def test_cors_is_off_by_default(api_server: ApiServer, studio: Tenant) -> None:
+    answer = post_json(
+        api_server.http_url,
+        "/studio.v1.ClientService/ListClients",
+        {},
+        key=studio.key,
+        headers={"origin": "http://page.example"},
+    )
+    assert answer.status == 200
+    assert not [h for h in answer.headers if h.startswith("access-control-")]
+
+
+def test_sigterm_lets_connect_calls_in_flight_finish_and_refuses_new_ones(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    tenant = api_server.new_tenant("conn-shutdown")
+    server = start_serve(
+        tmp_path,
+        "--no-demo",
+        "--skip-migrations",
+        "--grace",
+        "10",
+        master_url=api_server.master_url,
+    )
+    try:
+        api = ConnectApi(server.http_url, tenant.key, json=True)
+        session = api.session(api.client().id, api.room().id)
+        results: list[session_pb2.UpdateSessionResponse] = []
+        with RowLock(tenant.url, session.id) as row_lock:
+            in_flight = threading.Thread(
+                target=lambda: results.append(
+                    api.sessions.update_session(
+                        session_pb2.UpdateSessionRequest(
+                            session=session_pb2.Session(id=session.id, title="Late")
+                        ),
+                        headers=api.headers,
+                        timeout_ms=30_000,
+                    )
+                )
+            )
+            in_flight.start()
+            wait_until(
+                lambda: lock_waiters(tenant.url) > 0,
+                timeout=10,
+                what="the update waits for the row",
+            )
+            server.process.send_signal(signal.SIGTERM)
+            refused: list[tuple[str, str]] = []
+
+            def a_new_caller_is_refused() -> bool:  # the signal takes a moment to arrive
+                late = ConnectApi(server.http_url, tenant.key)
+                try:
+                    late.clients.list_clients(client_pb2.ListClientsRequest(), headers=late.headers)
+                except ConnectError as error:
+                    got = connect_failure(error)
+                    refused.append((got.code, got.reason))
+                    return True
+                return False
+
+            wait_until(a_new_caller_is_refused, timeout=10, what="new calls refused after SIGTERM")
+            assert refused == [("unavailable", "SHUTTING_DOWN")]
+            row_lock.release()
+            in_flight.join(30)
+        assert server.terminate(timeout=15) == 0
+        [response] = results
+        assert response.session.title == "Late"
+    finally:
+        server.terminate()
