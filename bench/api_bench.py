@@ -410,7 +410,7 @@ def start_server(master_url: str, workers: int, log: Path) -> tuple[subprocess.P
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
     studio = str(Path(sys.executable).parent / "studio")
     server = subprocess.Popen(
-        [studio, "serve", "--port", "0", "--no-demo", "--skip-migrations",
+        [studio, "serve", "--port", "0", "--no-http", "--no-demo", "--skip-migrations",
          "--workers", str(workers), "--max-db-connections", "1050"],
         env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
     )  # fmt: skip

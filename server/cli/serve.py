@@ -61,7 +61,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--cors-origin",
         action="append",
-        default=[],
         metavar="ORIGIN",
         help="a browser origin (https://app.example.com) allowed to call the HTTP port, "
         "repeatable; * allows any. Without it, no CORS headers are sent",
@@ -293,7 +292,7 @@ async def _serve_one(
             else None,
             share_port=args.as_worker,
             http_port=None if args.no_http else args.http_port,
-            cors_origins=tuple(args.cors_origin),
+            cors_origins=tuple(args.cors_origin or ()),
         )
         # What start-up allocated lives as long as the process: keep the collector off it, so
         # that full collections stay short instead of pausing calls for 100+ ms.
