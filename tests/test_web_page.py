@@ -69,7 +69,7 @@ def page_origin() -> Iterator[str]:
 
 
 @needs_browser
-def test_a_page_books_unlinks_and_shows_a_field_violation_in_chromium(
+def test_a_page_curl_grpcurl_and_node_book_link_and_unlink_on_one_server(
     databases: Databases, tmp_path: Path, page_origin: str
 ) -> None:
     master_url = databases.create("web_master")
@@ -123,8 +123,71 @@ def test_a_page_books_unlinks_and_shows_a_field_violation_in_chromium(
         # CORS: only the page's origin is let in
         assert _preflight(server.http_url, page_origin) == page_origin
         assert _preflight(server.http_url, "http://elsewhere.example") is None
+
+        # The same session through the other clients, against this one server: grpcurl links
+        # it (gRPC, through reflection), curl unlinks it (Connect JSON over HTTP/1.1), the Node
+        # TypeScript client links and unlinks it (gRPC).
+        assert _grpcurl_link(server.address, studio.key) == "1"
+        assert "projectId" not in _curl_unlink(server.http_url, studio.key)
+        assert _node_link_then_unlink(server.address, studio.key) == {
+            "linked": "1", "unlinked": "undefined",
+        }  # fmt: skip
+        with psycopg.connect(studio.url) as conn:
+            row = conn.execute("SELECT project_id, version FROM sessions WHERE id = 1").fetchone()
+        assert row == (None, 6)  # created, then 5 updates: page, grpcurl, curl, node twice
     finally:
         assert server.terminate() == 0
+
+
+UNLINK = '{"session": {"id": "1"}, "updateMask": "projectId"}'
+# grpcurl 1.8's JSON takes a FieldMask as the message it is, not as the string
+LINK = '{"session": {"id": "1", "projectId": "1"}, "updateMask": {"paths": ["project_id"]}}'
+
+
+def _grpcurl_link(address: str, key: str) -> str:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "grpcurl"), "-plaintext", "-H",
+         f"authorization: Bearer {key}", "-d", LINK, address,
+         "studio.v1.SessionService/UpdateSession"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return str(json.loads(result.stdout)["session"]["project_id"])  # grpcurl: proto names
+
+
+def _curl_unlink(http_url: str, key: str) -> dict[str, object]:
+    result = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", "-H", f"authorization: Bearer {key}",
+         "-H", "content-type: application/json", "-d", UNLINK,
+         f"{http_url}/studio.v1.SessionService/UpdateSession"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    session: dict[str, object] = json.loads(result.stdout)["session"]
+    return session
+
+
+NODE_LINK_THEN_UNLINK = """
+import { createStudioClient } from "./dist/clients/typescript/src/index.js";
+const studio = createStudioClient({ baseUrl: process.env.BASE_URL, apiKey: process.env.KEY });
+const mask = { paths: ["project_id"] };
+const link = { session: { id: 1n, projectId: 1n }, updateMask: mask };
+const linked = await studio.sessions.updateSession(link);
+const unlinked = await studio.sessions.updateSession({ session: { id: 1n }, updateMask: mask });
+console.log(JSON.stringify({ linked: String(linked.session?.projectId),
+                             unlinked: String(unlinked.session?.projectId) }));
+"""
+
+
+def _node_link_then_unlink(address: str, key: str) -> dict[str, str]:
+    subprocess.run(["npm", "run", "--silent", "build"], cwd=PACKAGE, check=True, timeout=300)
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", NODE_LINK_THEN_UNLINK], cwd=PACKAGE,
+        env={**os.environ, "BASE_URL": f"http://{address}", "KEY": key},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    answer: dict[str, str] = json.loads(result.stdout)
+    return answer
 
 
 def _preflight(http_url: str, origin: str) -> str | None:
