@@ -440,9 +440,9 @@ def start_server(master_url: str, workers: int, log: Path) -> tuple[subprocess.P
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
     studio = str(Path(sys.executable).parent / "studio")
     server = subprocess.Popen(
-        on_server_cores([studio, "serve", "--port", "0", "--no-demo", "--skip-migrations",
-                         "--workers", str(workers), "--max-db-connections", "1050",
-                         "--event-loop", EVENT_LOOP[0]]),
+        on_server_cores([studio, "serve", "--port", "0", "--no-http", "--no-demo",
+                         "--skip-migrations", "--workers", str(workers),
+                         "--max-db-connections", "1050", "--event-loop", EVENT_LOOP[0]]),
         env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
     )  # fmt: skip
     return server, listening_address(server, "studio serve", log)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -32,6 +33,7 @@ from db.migrations.fleet import run_one
 from db.tenant_catalog import with_database
 from db.tenants import provision_tenant
 from tests.api import Api
+from tests.connect_api import ConnectApi
 from tests.serving import ServerProcess, start_serve
 
 RUN_ID = secrets.token_hex(3)
@@ -170,6 +172,7 @@ class ApiServer:
         self.master_url = master_url
         self.server = server
         self.address = server.address
+        self.http_url = server.http_url  # Connect and gRPC-Web
         self._count = 0
 
     def new_tenant(self, label: str = "studio") -> Tenant:
@@ -198,6 +201,10 @@ class ApiServer:
 
     def api(self, key: str | None) -> Api:
         return Api(self.address, key)
+
+    def connect(self, key: str | None, **options: Any) -> ConnectApi:
+        """The same services over Connect (options: protocol, json, http2)."""
+        return ConnectApi(self.http_url, key, **options)
 
 
 @pytest.fixture(scope="session")
