@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from google.protobuf.message import Message
 
 from db.crud import delete_row, fetch_row, insert_row, list_rows, update_row
-from server.errors import Aborted, NotFound
+from server.errors import Aborted, NotFound, id_key
 from server.paging import decode_token, encode_token, page_size, token_time
 from server.resource_mapping import version_of_etag
 from server.validation import validate_resource, validate_written
@@ -83,11 +83,12 @@ async def _guarded_write(
 
 
 def not_found(kind: str, resource_id: int) -> NotFound:
-    """NOT_FOUND for the resource the call is about, e.g. SESSION_NOT_FOUND."""
+    """NOT_FOUND for the resource the call is about, e.g. SESSION_NOT_FOUND ("task_type":
+    TASK_TYPE_NOT_FOUND, "task type 3 does not exist", taskTypeId)."""
     return NotFound(
         f"{kind.upper()}_NOT_FOUND",
-        f"{kind} {resource_id} does not exist",
-        metadata={f"{kind}Id": str(resource_id)},
+        f"{kind.replace('_', ' ')} {resource_id} does not exist",
+        metadata={id_key(kind): str(resource_id)},
     )
 
 
