@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from google.protobuf.message import Message
 from sqlalchemy import literal_column
 
-from server.errors import InvalidArgument
+from server.errors import FieldViolation, InvalidArgument
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -48,6 +48,7 @@ class Field:
     name: str
     kind: Kind
     column: str | None = None  # defaults to the field name
+    immutable: bool = False  # set on create only: an update may not write it (AIP-203)
 
     @property
     def column_name(self) -> str:
@@ -176,12 +177,38 @@ class ResourceMapping(Generic[M]):
     # -- update masks (AIP-134) --------------------------------------------------------------
 
     def mask_paths(self, patch: M, mask: FieldMask | None) -> list[str]:
-        """The writable fields an update writes. Output-only paths are ignored (AIP-161)."""
+        """The writable fields an update writes. Output-only paths are ignored (AIP-161); a
+        path that is not a field of the message (its descriptor says, not a list kept by
+        hand), or an immutable field named or set, is INVALID_ARGUMENT."""
         if mask is None or not mask.paths:
-            return [name for name in self.fields if self.is_set(patch, name)]
-        if "*" in mask.paths:
-            return list(self.fields)
-        return [p for p in dict.fromkeys(mask.paths) if p in self.fields]
+            paths = [name for name in self.fields if self.is_set(patch, name)]
+        elif "*" in mask.paths:
+            paths = [name for name, f in self.fields.items() if not f.immutable]
+        else:
+            known = self.message_type.DESCRIPTOR.fields_by_name
+            unknown = [p for p in mask.paths if p not in known and p != "*"]
+            if unknown:
+                kind = self.message_type.DESCRIPTOR.full_name
+                self._refuse_mask(
+                    ", ".join(f'"{p}"' for p in unknown) + f" is not a field of {kind}",
+                    "FIELD_MASK_IN",  # the rule protovalidate's `field_mask.in` reported
+                )
+            paths = [p for p in dict.fromkeys(mask.paths) if p in self.fields]
+        fixed = [p for p in paths if self.fields[p].immutable]
+        if fixed:
+            self._refuse_mask(
+                f"{', '.join(fixed)} cannot change once created; create another instead",
+                "IMMUTABLE",
+            )
+        return paths
+
+    @staticmethod
+    def _refuse_mask(description: str, reason: str) -> None:
+        raise InvalidArgument(
+            "INVALID_ARGUMENT",
+            f"the request is invalid: update_mask: {description}",
+            field_violations=(FieldViolation("update_mask", description, reason),),
+        )
 
     def merged(self, current: M | None, patch: M, paths: list[str]) -> M:
         """The resource as it would be after the update, to validate as a whole; with no

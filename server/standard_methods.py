@@ -145,11 +145,11 @@ async def update(
     it reads); `guarded` checks them in the UPDATE itself.
     """
     resource_id: int = getattr(patch, "id")  # noqa: B009 (every resource has an id)
+    paths = mapping.mask_paths(patch, mask)
     current_row = await fetch_row(ctx.db, mapping.table, resource_id, lock="update")
     if current_row is None:
         raise not_found(kind, resource_id)
     _check_etag(getattr(patch, "etag"), current_row, f"{kind}.etag")  # noqa: B009
-    paths = mapping.mask_paths(patch, mask)
     current = mapping.to_message(current_row)
     merged = mapping.merged(current, patch, paths)
     validate_resource(merged, kind)

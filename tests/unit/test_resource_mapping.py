@@ -172,3 +172,36 @@ def test_the_merged_resource_is_what_the_update_would_store() -> None:
 def test_a_mapping_must_map_every_writable_field() -> None:
     with pytest.raises(AssertionError, match="fields without a column"):
         ResourceMapping(client_pb2.Client, clients, (Field("name", Kind.TEXT),))
+
+
+def test_a_mask_path_is_checked_against_the_message_itself() -> None:
+    """No list of paths is kept by hand: any field of Session may be named (output-only ones
+    are ignored), anything else is refused at update_mask."""
+    patch = session_pb2.Session(id=1)
+    every_field = [f.name for f in session_pb2.Session.DESCRIPTOR.fields]
+    assert SESSION.mask_paths(patch, FieldMask(paths=every_field)) == list(SESSION.fields)
+    for paths in (["no_such_field"], ["title", "start_time.seconds"], ["Title"]):
+        with pytest.raises(InvalidArgument) as raised:
+            SESSION.mask_paths(patch, FieldMask(paths=paths))
+        [violation] = raised.value.field_violations
+        assert (violation.field, violation.reason) == ("update_mask", "FIELD_MASK_IN")
+        assert violation.description.endswith("is not a field of studio.v1.Session")
+
+
+def test_an_immutable_field_is_written_on_create_only() -> None:
+    mapping = ResourceMapping(
+        client_pb2.Client,
+        clients,
+        tuple(Field(f.name, f.kind, immutable=f.name == "type") for f in CLIENT.fields.values()),
+    )
+    assert "type" in mapping.insert_values(client_pb2.Client(name="A", type=2))
+    assert "type" not in mapping.mask_paths(client_pb2.Client(id=1), FieldMask(paths=["*"]))
+    for patch, mask in (
+        (client_pb2.Client(id=1), FieldMask(paths=["name", "type"])),
+        (client_pb2.Client(id=1, type=2), None),  # set, without a mask
+    ):
+        with pytest.raises(InvalidArgument) as raised:
+            mapping.mask_paths(patch, mask)
+        assert [(v.field, v.reason) for v in raised.value.field_violations] == [
+            ("update_mask", "IMMUTABLE")
+        ]

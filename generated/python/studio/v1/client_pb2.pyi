@@ -297,6 +297,8 @@ class UpdateClientRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to write. A named field that is unset is cleared. Without a mask, every field
         that is set is written. "*" writes every field.
+        A path that is not a field of Client is INVALID_ARGUMENT (checked against the
+        message itself, so a new field needs no list here).
         """
 
     def __init__(

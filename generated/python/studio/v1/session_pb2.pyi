@@ -395,6 +395,8 @@ class UpdateSessionRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to write. A named field that is unset is cleared (project_id: unlinked) or reset to
         its default. Without a mask, every field that is set is written. "*" writes every field.
+        A path that is not a field of Session is INVALID_ARGUMENT (checked against the
+        message itself, so a new field needs no list here).
         """
 
     def __init__(
