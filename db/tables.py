@@ -1,7 +1,9 @@
 """Tenant database tables (one database per studio), as SQLAlchemy Core.
 
 These mirror migrations_sql/tenant/ exactly; tests/test_schema.py migrates a fresh database
-and compares its catalogue with a database built from this metadata.
+and compares its catalogue with a database built from this metadata. Each table's `info["kind"]`
+names the resource a row is ("time_entry"): errors about its foreign keys are derived from it
+(server/error_mapping.py: TIME_ENTRY_NOT_FOUND, SESSION_HAS_TIME_ENTRIES...).
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ clients = Table(
     *_bookkeeping(),
     CheckConstraint(_one_of("type", CLIENT_TYPES), name="type"),
     CheckConstraint("name <> ''", name="name"),
+    info={"kind": "client"},
 )
 
 rooms = Table(
@@ -128,6 +131,7 @@ rooms = Table(
     CheckConstraint("hourly_rate >= 0 AND half_day_rate >= 0 AND full_day_rate >= 0", name="rates"),
     CheckConstraint("capacity > 0", name="capacity"),
     CheckConstraint(HEX_COLOR, name="color"),
+    info={"kind": "room"},
 )
 
 projects = Table(
@@ -151,6 +155,7 @@ projects = Table(
     CheckConstraint("name <> ''", name="name"),
     CheckConstraint("budget >= 0", name="budget"),
     Index(None, "client_id", "id"),
+    info={"kind": "project"},
 )
 
 tracks = Table(
@@ -175,6 +180,7 @@ tracks = Table(
     CheckConstraint("track_number > 0 AND duration_seconds >= 0 AND bpm > 0", name="numbers"),
     Index(None, "project_id", "id"),
     Index(None, "recorded_in_room_id"),
+    info={"kind": "track"},
 )
 
 sessions = Table(
@@ -209,6 +215,7 @@ sessions = Table(
     Index(None, "client_id", "start_time", "id"),
     Index(None, "room_id", "start_time", "id"),
     Index(None, "project_id", "start_time", "id"),
+    info={"kind": "session"},
 )
 
 task_types = Table(
@@ -227,6 +234,7 @@ task_types = Table(
     CheckConstraint("hourly_rate >= 0", name="hourly_rate"),
     CheckConstraint(HEX_COLOR, name="color"),
     CheckConstraint("name <> ''", name="name"),
+    info={"kind": "task_type"},
 )
 
 time_entries = Table(
@@ -261,4 +269,5 @@ time_entries = Table(
     Index(None, "session_id"),
     Index(None, "project_id"),
     Index(None, "track_id"),
+    info={"kind": "time_entry"},
 )

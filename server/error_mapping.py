@@ -22,6 +22,7 @@ from grpc_status import rpc_status
 
 from db.connection_budget import ConnectionBudgetExhausted
 from db.connection_pool import PoolExhausted
+from db.tables import tenant_metadata
 from server.errors import (
     Aborted,
     AlreadyExists,
@@ -33,11 +34,13 @@ from server.errors import (
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
+    id_key,
 )
 from studio.v1 import session_pb2
 
 if TYPE_CHECKING:
     import grpc
+    from sqlalchemy import MetaData, Table
 
 __all__ = [
     "CHECKS",
@@ -47,6 +50,7 @@ __all__ = [
     "SQLSTATES",
     "SQLSTATE_CLASSES",
     "STILL_REFERENCED",
+    "STILL_REFERENCED_MESSAGES",
     "error_from_exception",
     "is_retryable",
     "to_status",
@@ -101,53 +105,54 @@ RETRYABLE_SQLSTATES = {"40001", "40P01"}  # the pipeline runs the transaction ag
 class Reference:
     """A foreign key refusal, about the referred-to resource `kind` (its id in metadata)."""
 
-    kind: str  # "client": metadata clientId, messages "client 42 ..."
+    kind: str  # "task_type": metadata taskTypeId, messages "task type 42 ..."
     reason: str
     message: str  # "{kind}" is "client 42" (or "the client" when PostgreSQL did not say)
 
 
+def _kind(table: Table) -> str:
+    kind: str = table.info["kind"]
+    return kind
+
+
+# What a refused delete says, by reason; otherwise "{kind} still has <rows>; delete them first".
+STILL_REFERENCED_MESSAGES = {
+    "ROOM_HAS_SESSIONS": "{kind} still has sessions booked in it; delete them first",
+    "PROJECT_HAS_TRACKS": "{kind} has tracks; delete them first, or delete the project with force",
+    "PROJECT_HAS_TIME_ENTRIES": "{kind} has time entries logged against it",
+    "SESSION_HAS_TIME_ENTRIES": "{kind} has time entries logged against it",
+    "TRACK_HAS_TIME_ENTRIES": "{kind} has time entries logged against it",
+    "TASK_TYPE_HAS_TIME_ENTRIES": (
+        "{kind} is used by time entries; deactivate it instead (is_active: false)"
+    ),
+}
+
+
+def _references(metadata: MetaData) -> tuple[dict[str, Reference], dict[str, Reference]]:
+    """Both foreign key tables, from the Core metadata itself (db/tables.py): every key refused
+    on insert or update is <KIND>_NOT_FOUND of the table it refers to; every key that
+    refuses a delete (RESTRICT, NO ACTION) is <KIND>_HAS_<REFERRING TABLE>. A new foreign key
+    adds its rows here by itself; its reasons must be values of studio.v1.ErrorReason
+    (tests/unit/test_error_mapping.py checks them all)."""
+    missing, still = {}, {}
+    for table in metadata.sorted_tables:
+        for fk in table.foreign_key_constraints:
+            name, referred = str(fk.name), fk.referred_table
+            kind = _kind(referred)
+            missing[name] = Reference(kind, f"{kind.upper()}_NOT_FOUND", "{kind} does not exist")
+            if (fk.ondelete or "NO ACTION").upper() in {"RESTRICT", "NO ACTION"}:
+                reason = f"{kind.upper()}_HAS_{table.name.upper()}"
+                rows = table.name.replace("_", " ")
+                message = STILL_REFERENCED_MESSAGES.get(
+                    reason, f"{{kind}} still has {rows}; delete them first"
+                )
+                still[name] = Reference(kind, reason, message)
+    return missing, still
+
+
 # Insert or update of the referring row: the row the request refers to is missing.
-MISSING_REFERENCE: dict[str, Reference] = {
-    "projects_client_id_clients_id_fk": Reference(
-        "client", "CLIENT_NOT_FOUND", "{kind} does not exist"
-    ),
-    "sessions_client_id_clients_id_fk": Reference(
-        "client", "CLIENT_NOT_FOUND", "{kind} does not exist"
-    ),
-    "sessions_room_id_rooms_id_fk": Reference("room", "ROOM_NOT_FOUND", "{kind} does not exist"),
-    "sessions_project_id_projects_id_fk": Reference(
-        "project", "PROJECT_NOT_FOUND", "{kind} does not exist"
-    ),
-    "tracks_project_id_projects_id_fk": Reference(
-        "project", "PROJECT_NOT_FOUND", "{kind} does not exist"
-    ),
-}
 # A delete refused because rows still refer to the deleted one (ON DELETE RESTRICT).
-STILL_REFERENCED: dict[str, Reference] = {
-    "projects_client_id_clients_id_fk": Reference(
-        "client", "CLIENT_HAS_PROJECTS", "{kind} still has projects; delete them first"
-    ),
-    "sessions_client_id_clients_id_fk": Reference(
-        "client", "CLIENT_HAS_SESSIONS", "{kind} still has sessions; delete them first"
-    ),
-    "sessions_room_id_rooms_id_fk": Reference(
-        "room", "ROOM_HAS_SESSIONS", "{kind} still has sessions booked in it; delete them first"
-    ),
-    "tracks_project_id_projects_id_fk": Reference(
-        "project",
-        "PROJECT_HAS_TRACKS",
-        "{kind} has tracks; delete them first, or delete the project with force",
-    ),
-    "time_entries_session_id_sessions_id_fk": Reference(
-        "session", "SESSION_HAS_TIME_ENTRIES", "{kind} has time entries logged against it"
-    ),
-    "time_entries_project_id_projects_id_fk": Reference(
-        "project", "PROJECT_HAS_TIME_ENTRIES", "{kind} has time entries logged against it"
-    ),
-    "time_entries_track_id_tracks_id_fk": Reference(
-        "track", "TRACK_HAS_TIME_ENTRIES", "{kind} has time entries logged against it"
-    ),
-}
+MISSING_REFERENCE, STILL_REFERENCED = _references(tenant_metadata)
 
 BUSY_STUDIO = Rule(ResourceExhausted, "TOO_MANY_CALLS", "too many calls for this studio right now")
 UNSTORABLE = Rule(InvalidArgument, "UNSTORABLE_VALUE", "a value of the request cannot be stored")
@@ -219,15 +224,14 @@ def _reference_error(orig: psycopg.Error, *, deleting: bool) -> ApiError:
             metadata={"constraint": constraint},
         )
     found = _KEY_VALUE.search(orig.diag.message_detail or "")
+    words = reference.kind.replace("_", " ")
     if found is None:
-        return FailedPrecondition(
-            reference.reason, reference.message.format(kind=f"the {reference.kind}")
-        )
+        return FailedPrecondition(reference.reason, reference.message.format(kind=f"the {words}"))
     key = found.group(2)
     return FailedPrecondition(
         reference.reason,
-        reference.message.format(kind=f"{reference.kind} {key}"),
-        metadata={f"{reference.kind}Id": key},
+        reference.message.format(kind=f"{words} {key}"),
+        metadata={id_key(reference.kind): key},
     )
 
 
