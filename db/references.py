@@ -4,13 +4,14 @@ until the transaction ends. Statements are built once, with bind parameters (see
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Select, bindparam, delete, exists, literal_column, or_, select
 
 from db.crud import Filter, Guard
-from db.sql import compiled, fetch_all, fetch_value
-from db.tables import clients, projects, sessions, tracks
+from db.sql import Sql, compiled, fetch_all, fetch_one, fetch_value
+from db.tables import clients, projects, sessions, tenant_metadata, tracks
 
 if TYPE_CHECKING:
     from db.sql import Connection
@@ -19,6 +20,7 @@ __all__ = [
     "client_exists",
     "delete_project_tracks",
     "lock_project_client",
+    "missing_references",
     "project_has_sessions",
     "project_of_client",
     "project_of_client_in_place",
@@ -90,6 +92,30 @@ async def lock_project_client(conn: Connection, project_id: int) -> int | None:
         conn, _LOCK_PROJECT_CLIENT, {"g_project_id": project_id}
     )
     return client_id
+
+
+_TABLE_OF_KIND = {table.info["kind"]: table for table in tenant_metadata.tables.values()}
+
+
+@cache
+def _exist_statement(kinds: tuple[str, ...]) -> Sql:
+    return compiled(
+        select(
+            *(
+                exists().where(_TABLE_OF_KIND[kind].c.id == bindparam(f"e_{kind}")).label(kind)
+                for kind in kinds
+            )
+        )
+    )
+
+
+async def missing_references(conn: Connection, ids: dict[str, int]) -> list[str]:
+    """Of the rows named by kind ({"project": 4, "room": 2}), those that do not exist, in one
+    statement."""
+    kinds = tuple(ids)
+    row = await fetch_one(conn, _exist_statement(kinds), {f"e_{k}": v for k, v in ids.items()})
+    assert row is not None
+    return [kind for kind in kinds if not row[kind]]
 
 
 async def client_exists(conn: Connection, client_id: int) -> bool:

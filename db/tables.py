@@ -23,8 +23,10 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    literal_column,
     text,
 )
+from sqlalchemy.dialects.postgresql import ExcludeConstraint
 
 from db._naming import new_metadata
 
@@ -82,7 +84,10 @@ PROJECT_STATUSES = (
     "archived",
 )
 TRACK_STATUSES = ("recording", "editing", "mixing", "mastering", "completed")
-SESSION_STATUSES = ("scheduled", "in_progress", "completed", "cancelled")
+# 0009: "conflict", a double booking found when rooms became conflict-free; like a cancelled
+# session, it does not hold its room.
+SESSION_STATUSES = ("scheduled", "in_progress", "completed", "cancelled", "conflict")
+NOT_HOLDING_THE_ROOM = ("cancelled", "conflict")
 PAYMENT_STATUSES = ("unpaid", "partial", "paid", "refunded")
 TASK_CATEGORIES = ("billable", "non_billable")
 HEX_COLOR = "color ~ '^#[0-9a-fA-F]{6}$'"
@@ -211,6 +216,18 @@ sessions = Table(
     CheckConstraint(_one_of("payment_status", PAYMENT_STATUSES), name="payment_status"),
     CheckConstraint("title <> ''", name="title"),
     CheckConstraint("total_amount >= 0 AND deposit_amount >= 0", name="amounts"),
+    # 0010: booking rules (also in the protos, and checked here for updates of one field)
+    CheckConstraint("deposit_amount <= total_amount", name="deposit"),
+    CheckConstraint("end_time - start_time <= interval '31 days'", name="duration"),
+    # 0009: a room is booked once at a time (see the migration for why these operators)
+    ExcludeConstraint(
+        (literal_column("int8range(room_id, room_id, '[]')"), "&&"),
+        (literal_column("tstzrange(start_time, end_time, '[)')"), "&&"),
+        (literal_column("('::'::inet + id) inet_ops"), "<>"),
+        using="gist",
+        where=text(_one_of("status", NOT_HOLDING_THE_ROOM).replace(" IN ", " NOT IN ")),
+        name="sessions_room_booking_excl",
+    ),
     Index(None, "start_time", "id"),
     Index(None, "client_id", "start_time", "id"),
     Index(None, "room_id", "start_time", "id"),

@@ -6,7 +6,10 @@ anything else is a bug: INTERNAL with a generic message (the traceback goes to t
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,6 +54,7 @@ __all__ = [
     "SQLSTATE_CLASSES",
     "STILL_REFERENCED",
     "STILL_REFERENCED_MESSAGES",
+    "TAKEN",
     "error_from_exception",
     "is_retryable",
     "to_status",
@@ -174,8 +178,74 @@ CHECKS: dict[str, FieldViolation] = {
     "sessions_time_range_check": _message_rule(
         session_pb2.Session, "end_time.after_start_time", at="session"
     ),
+    "sessions_duration_check": _message_rule(
+        session_pb2.Session, "end_time.within_31_days", at="session"
+    ),
+    "sessions_deposit_check": _message_rule(
+        session_pb2.Session, "deposit_amount.not_above_total", at="session"
+    ),
 }
 CHECK_VIOLATION = "23514"
+
+
+def _key(detail: str) -> dict[str, str]:
+    """The columns and values of "Key (a, b)=(1, 2) ...", as metadata keys: {"aId": ...}
+    for ids, camelCase for the rest."""
+    found = _KEY_VALUE.search(detail)
+    if found is None:
+        return {}
+    columns, values = found.group(1).split(", "), found.group(2).split(", ")
+    if len(columns) != len(values):
+        return {}
+    return {
+        id_key(c.removesuffix("_id")) if c.endswith("_id") else id_key(c).removesuffix("Id"): v
+        for c, v in zip(columns, values, strict=True)
+        if v != "null"
+    }
+
+
+def _room_booked(detail: str) -> tuple[str, dict[str, str]]:
+    """sessions_room_booking_excl's detail: the keys of the new row and of the row in the
+    way, each (room range, time range, '::' + id); the last address is the booked session's."""
+    metadata = {}
+    if room := re.search(r"=\(\[(\d+),", detail):
+        metadata["roomId"] = room.group(1)
+    holders = re.findall(r"(::[0-9a-fA-F:.]*)\)", detail)
+    with contextlib.suppress(ValueError, IndexError):
+        metadata["conflictingSessionId"] = str(int(ipaddress.IPv6Address(holders[-1])))
+    room_words = f"room {metadata['roomId']}" if "roomId" in metadata else "the room"
+    by = f" by session {metadata['conflictingSessionId']}" if len(metadata) == 2 else ""
+    return f"{room_words} is already booked at that time{by}; choose another time or room", metadata
+
+
+def _track_number_taken(detail: str) -> tuple[str, dict[str, str]]:
+    key = _key(detail)
+    if {"projectId", "trackNumber"} <= set(key):
+        return f"project {key['projectId']} already has a track {key['trackNumber']}", key
+    return "another track of the project has that number", key
+
+
+def _timer_running(detail: str) -> tuple[str, dict[str, str]]:
+    key = _key(detail)
+    context = ", ".join(f"{k.removesuffix('Id')} {v}" for k, v in key.items())
+    return f"a timer already runs for {context or 'that context'}; stop it first", key
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A unique or exclusion constraint that states a rule of the API: its reason, and what
+    to say, from PostgreSQL's detail (the key of the row in the way)."""
+
+    reason: str
+    explain: Callable[[str], tuple[str, dict[str, str]]]
+
+
+# By constraint (or unique index) name; tests/unit/test_error_mapping.py checks that each
+# is one of the Core metadata's (db/tables.py).
+TAKEN: dict[str, Taken] = {
+    "sessions_room_booking_excl": Taken("ROOM_ALREADY_BOOKED", _room_booked),
+}
+TAKEN_SQLSTATES = {"23505", "23P01"}  # unique_violation, exclusion_violation
 
 # By exception type, for what is not a database error with a SQLSTATE; the first match
 # wins, so a subclass comes before its base (TimeoutError is an OSError).
@@ -255,6 +325,11 @@ def error_from_exception(exc: BaseException, *, deleting: bool = False) -> ApiEr
     sqlstate = (orig.sqlstate if orig is not None else None) or ""
     if orig is not None and sqlstate in FOREIGN_KEY_SQLSTATES:
         return _reference_error(orig, deleting=deleting)
+    if orig is not None and sqlstate in TAKEN_SQLSTATES:
+        taken = TAKEN.get(orig.diag.constraint_name or "")
+        if taken is not None:
+            message, metadata = taken.explain(orig.diag.message_detail or "")
+            return FailedPrecondition(taken.reason, message, metadata=metadata)
     if orig is not None and sqlstate == CHECK_VIOLATION:
         violation = CHECKS.get(orig.diag.constraint_name or "")
         if violation is not None:

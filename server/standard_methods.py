@@ -6,14 +6,24 @@ Each runs inside the call's transaction (ctx.db), so its checks and its write ar
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+import psycopg
 from google.protobuf.message import Message
+from psycopg.pq import TransactionStatus
 
-from db.crud import delete_row, fetch_row, insert_row, list_rows, update_row
-from server.errors import Aborted, NotFound, id_key
+from db.crud import (
+    delete_row,
+    fetch_by_request_id,
+    fetch_row,
+    insert_row,
+    list_rows,
+    update_row,
+)
+from db.references import missing_references
+from server.errors import Aborted, FailedPrecondition, NotFound, id_key
 from server.paging import decode_token, encode_token, page_size, token_time
 from server.resource_mapping import version_of_etag
 from server.validation import validate_resource, validate_written
@@ -34,7 +44,9 @@ __all__ = [
     "delete",
     "get",
     "list_page",
+    "missing_reference",
     "not_found",
+    "require_references",
     "update",
     "update_at_once",
 ]
@@ -92,6 +104,22 @@ def not_found(kind: str, resource_id: int) -> NotFound:
     )
 
 
+def missing_reference(kind: str, resource_id: int) -> FailedPrecondition:
+    """FAILED_PRECONDITION for a resource the request refers to, e.g. PROJECT_NOT_FOUND."""
+    return FailedPrecondition(
+        f"{kind.upper()}_NOT_FOUND",
+        f"{kind.replace('_', ' ')} {resource_id} does not exist",
+        metadata={id_key(kind): str(resource_id)},
+    )
+
+
+async def require_references(ctx: Ctx, ids: Mapping[str, int]) -> None:
+    """Refuse (FAILED_PRECONDITION) if any of the rows named by kind does not exist."""
+    missing = await missing_references(ctx.db, dict(ids))
+    if missing:
+        raise missing_reference(missing[0], ids[missing[0]])
+
+
 def _check_etag(etag: str, row: Row, field: str) -> None:
     if etag and version_of_etag(etag, field) != row["version"]:
         raise Aborted(
@@ -125,7 +153,17 @@ async def create(
             ctx.db, mapping.table, values, request_id=request_id or None, guard=guard
         )
 
-    row = await _guarded_write(ctx, guarded, resource, mapping.fields, insert)
+    try:
+        row = await _guarded_write(ctx, guarded, resource, mapping.fields, insert)
+    except psycopg.errors.IntegrityError:
+        # A retry racing its twin can meet the twin's row in another constraint (the room
+        # it booked) before the request id's: then the twin's row is the answer.
+        if not request_id or ctx.db.info.transaction_status is TransactionStatus.INERROR:
+            raise
+        twin = await fetch_by_request_id(ctx.db, mapping.table, request_id)
+        if twin is None:
+            raise
+        row = twin
     return mapping.to_message(row)
 
 
@@ -222,8 +260,13 @@ async def list_page(
     *,
     where: Sequence[Filter] = (),
     time_column: str | None = None,
+    refers_to: Mapping[str, int] | None = None,
 ) -> tuple[list[M], str]:
-    """A page in (time_column, id) order, or id order; and the next page's token."""
+    """A page in (time_column, id) order, or id order; and the next page's token.
+
+    `refers_to` names the rows the filters refer to ({"project": 4}): when the page is empty,
+    one that does not exist is FAILED_PRECONDITION (PROJECT_NOT_FOUND), not an empty list
+    (a page with rows costs no check)."""
     token = decode_token(request)
     order_by = [time_column, "id"] if time_column else ["id"]
     after: list[object] | None = None
@@ -233,6 +276,8 @@ async def list_page(
     rows = await list_rows(
         ctx.db, mapping.table, where=where, order_by=order_by, after=after, limit=size + 1
     )
+    if not rows and refers_to:
+        await require_references(ctx, refers_to)
     items = [mapping.to_message(r) for r in rows[:size]]
     if len(rows) <= size:
         return items, ""

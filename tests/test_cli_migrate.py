@@ -14,7 +14,7 @@ from db.migrations.fleet import run_one
 from db.tenant_catalog import with_database
 from db.tenants import provision_tenant
 from tests.conftest import Databases
-from tests.migrating import LATEST
+from tests.migrating import LATEST, TENANT_VERSIONS
 
 STUDIO = str(Path(sys.executable).parent / "studio")
 
@@ -37,7 +37,7 @@ def test_status_exits_6_while_files_are_pending_and_0_once_applied(fresh_db: str
     assert status.returncode == 6, status.stderr
     [report, summary] = json_lines(status.stdout)
     assert report["status"] == "pending"
-    assert report["pending"] == list(range(1, 9))
+    assert report["pending"] == TENANT_VERSIONS
     assert summary == {"summary": {"databases": 1, "by_status": {"pending": 1}, "exit_code": 6}}
 
     up = studio("migrate", "up", "--database-url", fresh_db)

@@ -46,8 +46,12 @@ async def get_project(ctx: Ctx, request: pb.GetProjectRequest) -> pb.GetProjectR
 
 @router.procedure("ListProjects")
 async def list_projects(ctx: Ctx, request: pb.ListProjectsRequest) -> pb.ListProjectsResponse:
-    where = [projects_of_client(request.client_id)] if request.HasField("client_id") else []
-    items, next_token = await standard_methods.list_page(ctx, PROJECT, request, where=where)
+    where, refers_to = [], {}
+    if request.HasField("client_id"):
+        where, refers_to = [projects_of_client(request.client_id)], {"client": request.client_id}
+    items, next_token = await standard_methods.list_page(
+        ctx, PROJECT, request, where=where, refers_to=refers_to
+    )
     return pb.ListProjectsResponse(projects=items, next_page_token=next_token)
 
 

@@ -121,8 +121,17 @@ async def list_sessions(ctx: Ctx, request: pb.ListSessionsRequest) -> pb.ListSes
         else None,
         without_project=request.without_project,
     )
+    refers_to = {
+        kind: value
+        for kind, value, given in (
+            ("project", request.project_id, request.HasField("project_id")),
+            ("client", request.client_id, request.HasField("client_id")),
+            ("room", request.room_id, request.HasField("room_id")),
+        )
+        if given
+    }
     items, next_token = await standard_methods.list_page(
-        ctx, SESSION, request, where=where, time_column="start_time"
+        ctx, SESSION, request, where=where, time_column="start_time", refers_to=refers_to
     )
     return pb.ListSessionsResponse(sessions=items, next_page_token=next_token)
 

@@ -20,12 +20,14 @@ from db.connection_budget import ConnectionBudgetExhausted
 from db.connection_pool import PoolExhausted
 from db.tables import tenant_metadata
 from server.error_mapping import (
+    CHECKS,
     EXCEPTIONS,
     MISSING_REFERENCE,
     SQLSTATE_CLASSES,
     SQLSTATES,
     STILL_REFERENCED,
     STILL_REFERENCED_MESSAGES,
+    TAKEN,
     error_from_exception,
     is_retryable,
     to_status,
@@ -308,3 +310,42 @@ def test_the_status_carries_error_info_with_the_request_id() -> None:
         "studio.v1",
         {"roomId": "9", "requestId": "req-1"},
     )
+
+
+BOOKED_DETAIL = (
+    "Key (int8range(room_id, room_id, '[]'::text), tstzrange(start_time, end_time, '[)'::text),"
+    ' (\'::\'::inet + id))=([3,4), ["2026-01-01 11:00:00+00","2026-01-01 12:30:00+00"), ::4)'
+    " conflicts with existing key (int8range(room_id, room_id, '[]'::text), tstzrange(start_time,"
+    " end_time, '[)'::text), ('::'::inet + id))=([3,4), [\"2026-01-01 10:00:00+00\","
+    '"2026-01-01 12:00:00+00"), ::1:0:3e8).'
+)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "sqlstate", "detail", "expected"),
+    [
+        ("sessions_room_booking_excl", "23P01", BOOKED_DETAIL, ("ROOM_ALREADY_BOOKED",
+         {"roomId": "3", "conflictingSessionId": str(2**32 + 1000)},
+         f"room 3 is already booked at that time by session {2**32 + 1000};"
+         " choose another time or room")),
+        ("sessions_room_booking_excl", "23P01", None, ("ROOM_ALREADY_BOOKED", {},
+         "the room is already booked at that time; choose another time or room")),
+    ],
+)  # fmt: skip
+def test_a_taken_slot_says_what_holds_it(
+    constraint: str, sqlstate: str, detail: str | None, expected: tuple[str, dict[str, str], str]
+) -> None:
+    """Read from the violation itself: the booked session's id comes in the detail (the
+    constraint's last key is '::' + id), so a refusal costs no second query."""
+    exc = wrapped(pg_error(sqlstate, constraint=constraint, detail=detail))
+    error = error_from_exception(exc)
+    assert error.code is Code.FAILED_PRECONDITION
+    assert (error.reason, error.metadata, error.message) == expected
+
+
+def test_every_constraint_the_error_tables_name_is_in_the_core_metadata() -> None:
+    constraints = {str(c.name) for t in tenant_metadata.tables.values() for c in t.constraints}
+    indexes = {str(i.name) for t in tenant_metadata.tables.values() for i in t.indexes}
+    assert set(TAKEN) <= constraints | indexes
+    assert set(CHECKS) <= constraints
+    assert {t.reason for t in TAKEN.values()} <= REASONS
