@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     ForeignKey,
     Identity,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
     literal_column,
     text,
@@ -91,6 +93,7 @@ NOT_HOLDING_THE_ROOM = ("cancelled", "conflict")
 PAYMENT_STATUSES = ("unpaid", "partial", "paid", "refunded")
 TASK_CATEGORIES = ("billable", "non_billable")
 HEX_COLOR = "color ~ '^#[0-9a-fA-F]{6}$'"
+ROUNDED_MINUTES = "round(extract(epoch FROM end_time - start_time) / 60)"
 
 clients = Table(
     "clients",
@@ -183,6 +186,7 @@ tracks = Table(
     CheckConstraint(_one_of("status", TRACK_STATUSES), name="status"),
     CheckConstraint("title <> ''", name="title"),
     CheckConstraint("track_number > 0 AND duration_seconds >= 0 AND bpm > 0", name="numbers"),
+    UniqueConstraint("project_id", "track_number"),  # 0011: a number once per project
     Index(None, "project_id", "id"),
     Index(None, "recorded_in_room_id"),
     info={"kind": "track"},
@@ -246,7 +250,7 @@ task_types = Table(
     Column("color", String(7)),
     Column("sort_order", Integer, nullable=False, server_default=text("0")),
     Column("is_active", Boolean, nullable=False, server_default=TRUE),
-    *_bookkeeping(request_id=False),
+    *_bookkeeping(),  # 0011: the create_request_id
     CheckConstraint(_one_of("category", TASK_CATEGORIES), name="category"),
     CheckConstraint("hourly_rate >= 0", name="hourly_rate"),
     CheckConstraint(HEX_COLOR, name="color"),
@@ -270,21 +274,43 @@ time_entries = Table(
     Column("track_id", BigInteger, ForeignKey("tracks.id", ondelete="RESTRICT")),
     Column("start_time", DateTime(timezone=True), nullable=False),
     Column("end_time", DateTime(timezone=True)),
-    Column("duration_minutes", Integer),
     Column("hourly_rate_snapshot", Numeric(10, 2), nullable=False),
+    Column("billable", Boolean, nullable=False, server_default=TRUE),  # 0011: snapshotted too
     Column("manually_adjusted", Boolean, nullable=False, server_default=FALSE),
     Column("notes", Text),
     Column("created_by", String(255)),
-    *_bookkeeping(request_id=False),
+    *_bookkeeping(),  # 0011: the create_request_id
+    # 0011: derived by the database, never written: NULL while the timer runs
+    Column("duration_minutes", Integer, Computed(ROUNDED_MINUTES + "::integer", persisted=True)),
+    Column(
+        "billable_amount",
+        Numeric(14, 2),
+        Computed(
+            "CASE WHEN end_time IS NULL THEN NULL"
+            f" WHEN billable THEN round({ROUNDED_MINUTES} * hourly_rate_snapshot / 60, 2)"
+            " ELSE 0 END",
+            persisted=True,
+        ),
+    ),
     CheckConstraint("end_time >= start_time", name="time_range"),
-    CheckConstraint("duration_minutes >= 0", name="duration"),
     CheckConstraint("hourly_rate_snapshot >= 0", name="rate"),
     CheckConstraint(
         "num_nonnulls(session_id, project_id, track_id) = 1", name="exactly_one_parent"
     ),
     Index(None, "task_type_id"),
-    Index(None, "session_id"),
-    Index(None, "project_id"),
-    Index(None, "track_id"),
+    # 0011: each context's entries in time order
+    Index(None, "session_id", "start_time", "id"),
+    Index(None, "project_id", "start_time", "id"),
+    Index(None, "track_id", "start_time", "id"),
+    # 0011: at most one running timer per session, project or track
+    Index(
+        "time_entries_running_timer_idx",
+        "session_id",
+        "project_id",
+        "track_id",
+        unique=True,
+        postgresql_where=text("end_time IS NULL"),
+        postgresql_nulls_not_distinct=True,
+    ),
     info={"kind": "time_entry"},
 )

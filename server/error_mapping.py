@@ -39,7 +39,7 @@ from server.errors import (
     Unavailable,
     id_key,
 )
-from studio.v1 import session_pb2
+from studio.v1 import session_pb2, time_entry_pb2
 
 if TYPE_CHECKING:
     import grpc
@@ -184,6 +184,9 @@ CHECKS: dict[str, FieldViolation] = {
     "sessions_deposit_check": _message_rule(
         session_pb2.Session, "deposit_amount.not_above_total", at="session"
     ),
+    "time_entries_time_range_check": _message_rule(
+        time_entry_pb2.TimeEntry, "end_time.not_before_start_time", at="time_entry"
+    ),
 }
 CHECK_VIOLATION = "23514"
 
@@ -244,6 +247,8 @@ class Taken:
 # is one of the Core metadata's (db/tables.py).
 TAKEN: dict[str, Taken] = {
     "sessions_room_booking_excl": Taken("ROOM_ALREADY_BOOKED", _room_booked),
+    "tracks_project_id_track_number_key": Taken("TRACK_NUMBER_TAKEN", _track_number_taken),
+    "time_entries_running_timer_idx": Taken("TIMER_ALREADY_RUNNING", _timer_running),
 }
 TAKEN_SQLSTATES = {"23505", "23P01"}  # unique_violation, exclusion_violation
 

@@ -49,6 +49,7 @@ class Field:
     kind: Kind
     column: str | None = None  # defaults to the field name
     immutable: bool = False  # set on create only: an update may not write it (AIP-203)
+    output_only: bool = False  # read from its column (derived there), never written
 
     @property
     def column_name(self) -> str:
@@ -100,13 +101,14 @@ class ResourceMapping(Generic[M]):
     def __init__(self, message_type: type[M], table: Table, fields: tuple[Field, ...]) -> None:
         self.message_type = message_type
         self.table = table
-        self.fields = {f.name: f for f in fields}
+        self.fields = {f.name: f for f in fields if not f.output_only}  # the writable ones
         self.descriptors = {f.name: message_type.DESCRIPTOR.fields_by_name[f.name] for f in fields}
         self.enums = {
             f.name: _enum_names(self.descriptors[f.name]) for f in fields if f.kind is Kind.ENUM
         }
         self._readers = tuple((f.name, f.column_name, self._reader(f)) for f in fields)
-        missing = set(message_type.DESCRIPTOR.fields_by_name) - set(self.fields) - OUTPUT_ONLY
+        mapped = {f.name for f in fields}
+        missing = set(message_type.DESCRIPTOR.fields_by_name) - mapped - OUTPUT_ONLY
         assert not missing, f"{message_type.__name__}: fields without a column: {missing}"
 
     # -- row -> message ----------------------------------------------------------------------

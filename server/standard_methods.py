@@ -32,14 +32,16 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from google.protobuf.field_mask_pb2 import FieldMask
+    from sqlalchemy import Label
 
-    from db.crud import Filter, Guard
+    from db.crud import Filter, Guard, SortKey
     from db.sql import Row
     from server.context import Ctx
     from server.resource_mapping import ResourceMapping
 
 __all__ = [
     "Guarded",
+    "check_etag",
     "create",
     "delete",
     "get",
@@ -120,7 +122,7 @@ async def require_references(ctx: Ctx, ids: Mapping[str, int]) -> None:
         raise missing_reference(missing[0], ids[missing[0]])
 
 
-def _check_etag(etag: str, row: Row, field: str) -> None:
+def check_etag(etag: str, row: Row, field: str) -> None:
     if etag and version_of_etag(etag, field) != row["version"]:
         raise Aborted(
             "ETAG_MISMATCH",
@@ -187,7 +189,7 @@ async def update(
     current_row = await fetch_row(ctx.db, mapping.table, resource_id, lock="update")
     if current_row is None:
         raise not_found(kind, resource_id)
-    _check_etag(getattr(patch, "etag"), current_row, f"{kind}.etag")  # noqa: B009
+    check_etag(getattr(patch, "etag"), current_row, f"{kind}.etag")  # noqa: B009
     current = mapping.to_message(current_row)
     merged = mapping.merged(current, patch, paths)
     validate_resource(merged, kind)
@@ -211,18 +213,20 @@ async def update_at_once(
     mask: FieldMask | None,
     *,
     guarded: Guarded[M] | None = None,
+    also: Mapping[str, object] | None = None,
 ) -> M:
     """`update` in one statement, for a procedure declared single_statement: an UPDATE ...
     RETURNING whose WHERE holds the etag and the guard (which reads the stored row), with no
     read before it and no transaction around it. The fields written are validated here;
     rules across fields are CHECK constraints (a violation is the rule's field violation).
     When nothing is written, reading the row says why: not found, a stale etag, or the
-    guard's explanation (then the update runs once more, as in _guarded_write)."""
+    guard's explanation (then the update runs once more, as in _guarded_write). `also`:
+    columns every such update writes besides the fields (a flag, say)."""
     resource_id: int = getattr(patch, "id")  # noqa: B009 (every resource has an id)
     etag: str = getattr(patch, "etag")  # noqa: B009
     paths = mapping.mask_paths(patch, mask)
     validate_written(mapping.merged(None, patch, paths), kind, paths)
-    values = mapping.update_values(patch, paths)
+    values = mapping.update_values(patch, paths) | dict(also or {})
     version = version_of_etag(etag, f"{kind}.etag") if etag else None
     guard = guarded.in_place(patch, paths) if guarded and guarded.in_place else None
     for _attempt in range(GUARDED_ATTEMPTS):
@@ -234,7 +238,7 @@ async def update_at_once(
         current = await fetch_row(ctx.db, mapping.table, resource_id)
         if current is None:
             raise not_found(kind, resource_id)
-        _check_etag(etag, current, f"{kind}.etag")
+        check_etag(etag, current, f"{kind}.etag")
         if guarded is not None:
             await guarded.explain(ctx, mapping.merged(mapping.to_message(current), patch, paths))
         # nothing wrong now: what refused the write changed meanwhile, so it runs again
@@ -250,7 +254,7 @@ async def delete(
     row = await fetch_row(ctx.db, mapping.table, resource_id)
     if row is None:
         raise not_found(kind, resource_id)
-    _check_etag(etag, row, "etag")
+    check_etag(etag, row, "etag")
 
 
 async def list_page(
@@ -260,18 +264,22 @@ async def list_page(
     *,
     where: Sequence[Filter] = (),
     time_column: str | None = None,
+    number_key: Label[int] | None = None,
     refers_to: Mapping[str, int] | None = None,
 ) -> tuple[list[M], str]:
-    """A page in (time_column, id) order, or id order; and the next page's token.
+    """A page in (time_column, id) order, (number_key, id) order (an integer expression), or
+    id order; and the next page's token.
 
     `refers_to` names the rows the filters refer to ({"project": 4}): when the page is empty,
     one that does not exist is FAILED_PRECONDITION (PROJECT_NOT_FOUND), not an empty list
     (a page with rows costs no check)."""
     token = decode_token(request)
-    order_by = [time_column, "id"] if time_column else ["id"]
+    key: SortKey | None = time_column or number_key
+    order_by: list[SortKey] = [key, "id"] if key is not None else ["id"]
     after: list[object] | None = None
     if token is not None:
-        after = [token_time(token), token.last_id] if time_column else [token.last_id]
+        first = token_time(token) if time_column else token.last_number
+        after = [first, token.last_id] if key is not None else [token.last_id]
     size = page_size(getattr(request, "page_size"))  # noqa: B009
     rows = await list_rows(
         ctx.db, mapping.table, where=where, order_by=order_by, after=after, limit=size + 1
@@ -282,4 +290,9 @@ async def list_page(
     if len(rows) <= size:
         return items, ""
     last = rows[size - 1]
-    return items, encode_token(request, last["id"], last[time_column] if time_column else None)
+    return items, encode_token(
+        request,
+        last["id"],
+        last[time_column] if time_column else None,
+        last[number_key.name] if number_key is not None else None,
+    )

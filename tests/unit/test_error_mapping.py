@@ -330,6 +330,13 @@ BOOKED_DETAIL = (
          " choose another time or room")),
         ("sessions_room_booking_excl", "23P01", None, ("ROOM_ALREADY_BOOKED", {},
          "the room is already booked at that time; choose another time or room")),
+        ("tracks_project_id_track_number_key", "23505",
+         "Key (project_id, track_number)=(7, 3) already exists.", ("TRACK_NUMBER_TAKEN",
+         {"projectId": "7", "trackNumber": "3"}, "project 7 already has a track 3")),
+        ("time_entries_running_timer_idx", "23505",
+         "Key (session_id, project_id, track_id)=(5, null, null) already exists.",
+         ("TIMER_ALREADY_RUNNING", {"sessionId": "5"},
+          "a timer already runs for session 5; stop it first")),
     ],
 )  # fmt: skip
 def test_a_taken_slot_says_what_holds_it(
