@@ -53,6 +53,7 @@ __all__ = [
     "explain_refused_entry",
     "list_entries",
     "log_entry",
+    "matching_entries",
     "task_type_filters",
     "task_type_order",
     "totals_of",
@@ -230,7 +231,7 @@ class EntryFilters:
         }
 
 
-def _matching(shape: tuple[Context, bool, bool, bool, bool]) -> Select[Any]:
+def matching_entries(shape: tuple[Context, bool, bool, bool, bool]) -> Select[Any]:
     """The entries the filters match: a UNION ALL of one indexed branch per parent, so that
     a project's sessions and tracks are reached through their own indexes."""
     context, whole_project, by_task_type, since, until = shape
@@ -278,7 +279,7 @@ def _list_statement(shape: tuple[Context, bool, bool, bool, bool], paged: bool) 
     matched and whether the context exists, on each row (on one row of NULLs when the page is
     empty)."""
     context = shape[0]
-    matching = _matching(shape).cte("matching")
+    matching = matching_entries(shape).cte("matching")
     totals = select(
         *totals_of(matching),
         exists().where(_CONTEXT_TABLES[context].c.id == bindparam("ctx")).label("context_exists"),
