@@ -8,6 +8,7 @@
     python3 dev.py lock                           re-pin transitive dependencies (requirements.lock)
     python3 dev.py bench fleet [--tenants 200]    the fleet migration benchmark (bench/)
     python3 dev.py bench api                      the API benchmark against pgbench (bench/)
+    python3 dev.py bench summary                  a project summary on the big studio (bench/)
 
 It is the "Makefile" of the project, written in Python so that a fresh machine with only
 Python needs nothing else. It uses the standard library alone: it runs before the venv exists.
@@ -247,7 +248,11 @@ def lock() -> int:
     return 0
 
 
-BENCHES = {"fleet": "bench.fleet_migrate", "api": "bench.api_bench"}
+BENCHES = {
+    "fleet": "bench.fleet_migrate",
+    "api": "bench.api_bench",
+    "summary": "bench.summary_bench",
+}
 
 
 def exec_studio(args: list[str]) -> int:

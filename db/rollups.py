@@ -15,7 +15,9 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
+    Table,
     and_,
+    any_,
     bindparam,
     func,
     literal,
@@ -25,7 +27,7 @@ from sqlalchemy import (
 )
 
 from db.sql import Sql, compiled, fetch_all, fetch_one
-from db.tables import NOT_HOLDING_THE_ROOM, projects, sessions, time_entries, tracks
+from db.tables import NOT_HOLDING_THE_ROOM, TOTALED, projects, sessions, time_entries, tracks
 from db.time_tracking import EntryFilters, matching_entries, totals_of
 
 if TYPE_CHECKING:
@@ -73,9 +75,8 @@ def _summary_statement() -> Sql:
         func.array_agg(tracks_by_status.c.n).label("track_n"),
     ).subquery("track_rollup")
     # the entries of the project, its sessions and its tracks (its id as the "ctx" parameter)
-    entries = matching_entries(EntryFilters("project", 0, whole_project=True).shape).subquery(
-        "entries"
-    )
+    shape = EntryFilters("project", 0, whole_project=True).shape
+    entries = matching_entries(shape, tuple(TOTALED)).subquery("entries")
     time_rollup = select(*totals_of(entries)).subquery("time_rollup")
     query = (
         select(projects.c.id, projects.c.budget, session_rollup, track_rollup, time_rollup)
@@ -100,20 +101,16 @@ async def project_summary(conn: Connection, project_id: int) -> Row | None:
 
 def _entries_of_project(project_id: ColumnElement[int]) -> Select[Any]:
     """The entries of a project, its sessions and its tracks, for a project of the query
-    around (correlated)."""
-    own = select(time_entries.c.duration_minutes, time_entries.c.billable_amount).where(
-        time_entries.c.project_id == project_id
-    )
-    of_sessions = (
-        select(time_entries.c.duration_minutes, time_entries.c.billable_amount)
-        .join(sessions, time_entries.c.session_id == sessions.c.id)
-        .where(sessions.c.project_id == project_id)
-    )
-    of_tracks = (
-        select(time_entries.c.duration_minutes, time_entries.c.billable_amount)
-        .join(tracks, time_entries.c.track_id == tracks.c.id)
-        .where(tracks.c.project_id == project_id)
-    )
+    around (correlated); as matching_entries finds them (its parents' ids as an array)."""
+    columns = (time_entries.c.duration_minutes, time_entries.c.billable_amount)
+
+    def ids(table: Table) -> Any:  # noqa: ANN401 (an ARRAY of the subquery)
+        children = select(table.c.id).where(table.c.project_id == project_id)
+        return func.array(children.correlate(projects).scalar_subquery())
+
+    own = select(*columns).where(time_entries.c.project_id == project_id)
+    of_sessions = select(*columns).where(time_entries.c.session_id == any_(ids(sessions)))
+    of_tracks = select(*columns).where(time_entries.c.track_id == any_(ids(tracks)))
     return union_all(  # type: ignore[return-value]
         *(branch.correlate(projects) for branch in (own, of_sessions, of_tracks))
     )

@@ -94,6 +94,7 @@ PAYMENT_STATUSES = ("unpaid", "partial", "paid", "refunded")
 TASK_CATEGORIES = ("billable", "non_billable")
 HEX_COLOR = "color ~ '^#[0-9a-fA-F]{6}$'"
 ROUNDED_MINUTES = "round(extract(epoch FROM end_time - start_time) / 60)"
+TOTALED = ["duration_minutes", "billable_amount", "end_time"]  # what time totals read
 
 clients = Table(
     "clients",
@@ -298,10 +299,11 @@ time_entries = Table(
         "num_nonnulls(session_id, project_id, track_id) = 1", name="exactly_one_parent"
     ),
     Index(None, "task_type_id"),
-    # 0011: each context's entries in time order
-    Index(None, "session_id", "start_time", "id"),
-    Index(None, "project_id", "start_time", "id"),
-    Index(None, "track_id", "start_time", "id"),
+    # 0011: each context's entries in time order, with what their totals read
+    *(
+        Index(None, context, "start_time", "id", postgresql_include=TOTALED)
+        for context in ("session_id", "project_id", "track_id")
+    ),
     # 0011: at most one running timer per session, project or track
     Index(
         "time_entries_running_timer_idx",

@@ -100,10 +100,14 @@ ALTER TABLE time_entries ADD COLUMN IF NOT EXISTS billable_amount numeric(14,2)
         END
     ) STORED;
 
--- Entries are listed per context in time order.
+-- Entries are listed per context in time order, and totalled (ListTimeEntries,
+-- GetProjectSummary, ListClientProjects) from the index alone: it holds what the totals read.
 DROP INDEX IF EXISTS time_entries_session_id_idx;
 DROP INDEX IF EXISTS time_entries_project_id_idx;
 DROP INDEX IF EXISTS time_entries_track_id_idx;
-CREATE INDEX time_entries_session_id_idx ON time_entries (session_id, start_time, id);
-CREATE INDEX time_entries_project_id_idx ON time_entries (project_id, start_time, id);
-CREATE INDEX time_entries_track_id_idx ON time_entries (track_id, start_time, id);
+CREATE INDEX time_entries_session_id_idx ON time_entries (session_id, start_time, id)
+    INCLUDE (duration_minutes, billable_amount, end_time);
+CREATE INDEX time_entries_project_id_idx ON time_entries (project_id, start_time, id)
+    INCLUDE (duration_minutes, billable_amount, end_time);
+CREATE INDEX time_entries_track_id_idx ON time_entries (track_id, start_time, id)
+    INCLUDE (duration_minutes, billable_amount, end_time);
