@@ -5,6 +5,9 @@ import { ClientService } from "../../../generated/ts/studio/v1/client_pb.js";
 import { ProjectService } from "../../../generated/ts/studio/v1/project_pb.js";
 import { RoomService } from "../../../generated/ts/studio/v1/room_pb.js";
 import { SessionService } from "../../../generated/ts/studio/v1/session_pb.js";
+import { TaskTypeService } from "../../../generated/ts/studio/v1/task_type_pb.js";
+import { TimeEntryService } from "../../../generated/ts/studio/v1/time_entry_pb.js";
+import { TrackService } from "../../../generated/ts/studio/v1/track_pb.js";
 import { toStudioError } from "./errors.js";
 
 export interface StudioClientOptions {
@@ -21,6 +24,9 @@ export interface StudioClient {
   rooms: Client<typeof RoomService>;
   projects: Client<typeof ProjectService>;
   sessions: Client<typeof SessionService>;
+  tracks: Client<typeof TrackService>;
+  taskTypes: Client<typeof TaskTypeService>;
+  timeEntries: Client<typeof TimeEntryService>;
 }
 
 export function createStudioClient(options: StudioClientOptions): StudioClient {
@@ -42,5 +48,8 @@ export function createStudioClient(options: StudioClientOptions): StudioClient {
     rooms: createClient(RoomService, transport),
     projects: createClient(ProjectService, transport),
     sessions: createClient(SessionService, transport),
+    tracks: createClient(TrackService, transport),
+    taskTypes: createClient(TaskTypeService, transport),
+    timeEntries: createClient(TimeEntryService, transport),
   };
 }

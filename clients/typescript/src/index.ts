@@ -5,3 +5,6 @@ export * from "../../../generated/ts/studio/v1/client_pb.js";
 export * from "../../../generated/ts/studio/v1/room_pb.js";
 export * from "../../../generated/ts/studio/v1/project_pb.js";
 export * from "../../../generated/ts/studio/v1/session_pb.js";
+export * from "../../../generated/ts/studio/v1/track_pb.js";
+export * from "../../../generated/ts/studio/v1/task_type_pb.js";
+export * from "../../../generated/ts/studio/v1/time_entry_pb.js";
