@@ -3,11 +3,12 @@
 
     python3 dev.py serve [studio serve options]   install into .venv if needed, then serve
     python3 dev.py test [pytest options]          every check: codegen freshness, ruff, mypy,
-                                                  buf lint, then the pytest suite
+                                                  buf lint, migrate lint, then the pytest suite
     python3 dev.py generate                       regenerate generated/ from protos/
     python3 dev.py lock                           re-pin transitive dependencies (requirements.lock)
-    python3 dev.py bench fleet [--tenants 200]    the fleet migration benchmark (bench/)
+    python3 dev.py bench fleet [--tenants 1000]   fleet provisioning and migration benchmark
     python3 dev.py bench api                      the API benchmark against pgbench (bench/)
+    python3 dev.py bench connect                  Connect and gRPC-Web beside gRPC (bench/)
     python3 dev.py bench summary                  a project summary on the big studio (bench/)
 
 It is the "Makefile" of the project, written in Python so that a fresh machine with only
@@ -82,7 +83,8 @@ def _proto_files() -> list[str]:
 
 
 def generate_into(out: Path) -> None:
-    """Generate messages, gRPC stubs and mypy stubs for our protos (and validate.proto)."""
+    """Generate messages, gRPC stubs and mypy stubs for our protos (and validate.proto), and
+    Connect clients and servers (protoc-gen-connectrpc, on the same google.protobuf messages)."""
     out.mkdir(parents=True, exist_ok=True)
     _run(
         PY,
@@ -93,6 +95,8 @@ def generate_into(out: Path) -> None:
         f"--grpc_python_out={out}",
         f"--mypy_out=quiet:{out}",
         f"--mypy_grpc_out=quiet:{out}",
+        f"--plugin=protoc-gen-connectrpc={BIN / 'protoc-gen-connectrpc'}",
+        f"--connectrpc_out=protobuf=google:{out}",
         *_proto_files(),
     )
     # protoc writes no __init__.py; setuptools and mypy want regular packages.
@@ -125,6 +129,20 @@ def ensure_node_packages() -> bool:
                    cwd=TS_CLIENT, check=True)  # fmt: skip
     NPM_STAMP.write_text(want)
     return True
+
+
+def ensure_chromium() -> bool:
+    """Debian's chromium for the browser test (tests/test_web_page.py), installed with apt-get
+    when missing and we may (root, as on CI); False if it is not there."""
+    if shutil.which("chromium"):
+        return True
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return False
+    print("dev: installing chromium (Debian) for the browser test", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["update", "-q"], ["install", "-y", "-q", "chromium"]):
+        subprocess.run(["apt-get", *command], env=env, stdout=subprocess.DEVNULL, check=False)
+    return shutil.which("chromium") is not None
 
 
 def _googleapis_protos() -> str:
@@ -210,6 +228,8 @@ def test(pytest_args: list[str]) -> int:
         ("ruff format", [BIN / "ruff", "format", "--check", "--quiet", "."]),
         ("mypy --strict", [BIN / "mypy"]),
         ("buf lint", [BIN / "buf", "lint"]),
+        # squawk and our rules over the migration files, as operators run it before a fleet
+        ("migrate lint", [BIN / "studio", "migrate", "lint", ROOT / "migrations_sql"]),
     ]
     failed = []
     if check_generated_fresh() != 0:
@@ -226,6 +246,14 @@ def test(pytest_args: list[str]) -> int:
         else:
             print("dev: node is not on PATH: the TypeScript client suite will be SKIPPED",
                   file=sys.stderr)  # fmt: skip
+    if not ensure_chromium():
+        if in_ci():
+            print("dev: chromium is not on PATH, and CI must run the browser test",
+                  file=sys.stderr)  # fmt: skip
+            failed.append("chromium")
+        else:
+            print("dev: chromium is not on PATH: the browser test will be SKIPPED"
+                  " (apt-get install chromium)", file=sys.stderr)  # fmt: skip
     rc = _run(PY, "-m", "pytest", *pytest_args, check=False)
     if failed:
         print(f"dev: FAILED checks: {', '.join(failed)}", file=sys.stderr)
@@ -251,6 +279,7 @@ def lock() -> int:
 BENCHES = {
     "fleet": "bench.fleet_migrate",
     "api": "bench.api_bench",
+    "connect": "bench.connect_bench",
     "summary": "bench.summary_bench",
 }
 

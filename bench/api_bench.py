@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import psycopg
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
@@ -374,6 +375,7 @@ class Row:
     pgbench_tps: float
     grpc_ok: int
     grpc_failed: int
+    repetition: int = 1
 
     @property
     def ratio(self) -> float:
@@ -390,14 +392,21 @@ FLOOR_SCENARIOS = (
 )
 FLOOR_LABEL = " (floor: bare grpc.aio + psycopg)"
 PEER_LABEL = " (peer: tRPC + Drizzle + pg)"
-NOT_COUNTED = -1  # gRPC codes not counted (the floor server keeps no log)
+
+
+def floor_counts(address: str) -> dict[str, int]:
+    """The floor server's count of its answers so far, by outcome."""
+    with grpc.insecure_channel(address) as channel:
+        raw: bytes = channel.unary_unary("/bench.Floor/Counts")(b"", timeout=10)
+    counts: dict[str, int] = json.loads(raw)
+    return counts
 
 
 def start_floor(tenant_url: str) -> tuple[subprocess.Popen[str], str]:
     """bench/floor_server.py on the big studio's database: the transport and the driver and
     nothing of ours, to split the gap to pgbench into theirs and ours."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "bench.floor_server", tenant_url],
+        on_server_cores([sys.executable, "-m", "bench.floor_server", tenant_url, EVENT_LOOP[0]]),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     return server, listening_address(server, "the floor server")
@@ -413,12 +422,34 @@ def listening_address(server: subprocess.Popen[str], name: str, log: Path | None
     return line.split()[3]
 
 
+EVENT_LOOP = ["uvloop"]  # --event-loop, for studio serve and the floor alike
+SERVER_CORES: set[int] = set()  # --pin: the cores of the server under test; empty: any
+
+
+def on_server_cores(command: list[str]) -> list[str]:
+    """A server under test's command line: with --pin, on its cores (its workers too)."""
+    if not SERVER_CORES:
+        return command
+    return ["taskset", "-c", ",".join(map(str, sorted(SERVER_CORES))), *command]
+
+
+def pin(workers: int) -> None:
+    """--pin: the server under test on cores 0..workers-1, everything else this benchmark
+    starts (PostgreSQL, h2load, wrk, pgbench) on the others."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) <= workers:
+        sys.exit(f"--pin needs more than {workers} cores; this machine gives {len(cores)}")
+    SERVER_CORES.update(cores[:workers])
+    os.sched_setaffinity(0, cores[workers:])  # inherited by what we start from now on
+
+
 def start_server(master_url: str, workers: int, log: Path) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
     studio = str(Path(sys.executable).parent / "studio")
     server = subprocess.Popen(
-        [studio, "serve", "--port", "0", "--no-demo", "--skip-migrations",
-         "--workers", str(workers), "--max-db-connections", "1050"],
+        on_server_cores([studio, "serve", "--port", "0", "--no-http", "--no-demo",
+                         "--skip-migrations", "--workers", str(workers),
+                         "--max-db-connections", "1050", "--event-loop", EVENT_LOOP[0]]),
         env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
     )  # fmt: skip
     return server, listening_address(server, "studio serve", log)
@@ -439,6 +470,7 @@ async def measure(
     for body, request in zip(bodies, requests, strict=True):
         body.write_bytes(grpc_frame(request))
     since = server_log.stat().st_size if server_log else 0
+    floor_before = await asyncio.to_thread(floor_counts, address) if server_log is None else {}
     cpu_before = cpu_seconds(pids)
     stop = asyncio.Event()
     dbname = str(psycopg.conninfo.conninfo_to_dict(tenant_url)["dbname"])
@@ -466,9 +498,10 @@ async def measure(
         stacks.with_suffix(".md").write_text(
             summarise(stacks.read_text(), rate=PROFILE_RATE, cpu_seconds=cpu)
         )
-    if server_log is None:
-        # h2load counts no warm-up calls; the CPU covers them: count them at the same rate
-        ok, failed = round(run.rps * (seconds + WARM_UP_SECONDS)), NOT_COUNTED
+    if server_log is None:  # the floor: it counts its own answers
+        after = await asyncio.to_thread(floor_counts, address)
+        ok = after.get("OK", 0) - floor_before.get("OK", 0)
+        failed = after.get("failed", 0) - floor_before.get("failed", 0)
     else:
         await asyncio.sleep(0.3)  # the last log lines reach the file
         ok, failed = count_ok(server_log, scenario.method, since)
@@ -538,51 +571,67 @@ async def bench(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         try:
             big_url, big_key, keys = await provision(master_url, args.sessions, args.tenants)
             rows = []
-            for workers in args.workers:
-                log = work / f"server-{workers}.log"
-                server, address = start_server(master_url, workers, log)
-                try:
-                    pids = server_pids(server.pid)
-                    chosen = [s for s in scenarios(update_id=10_000, list_project=1)
-                              if not args.only or s.name in args.only]  # fmt: skip
-                    for scenario in chosen:
-                        for clients in args.concurrency:
-                            row = await measure(
-                                scenario, clients=clients, seconds=args.seconds,
-                                address=address, key=big_key, pids=pids, tenant_url=big_url,
-                                server_log=log, tools=tools, work=work, workers=workers,
-                                profile=args.profile,
-                            )  # fmt: skip
-                            rows.append(row)
-                            print(f"{workers}w {row.scenario:<30} c={clients:<3}"
-                                  f" {row.rps:8.0f}/s p99 {row.p99_ms:6.1f} ms"
-                                  f" cpu {row.cpu_per_1000:.2f} ms/call"
-                                  f" pgbench {row.pgbench_tps:8.0f}/s ratio {row.ratio:.2f}"
-                                  f" ok {row.grpc_ok} failed {row.grpc_failed}", flush=True)  # fmt: skip
-                    if workers == args.workers[0] and keys:
-                        for clients in [c for c in args.concurrency if c > 1]:
-                            mix = await tenant_mix(keys, clients=clients, address=address,
-                                                   h2=tools[0], work=work)  # fmt: skip
-                            single = await tenant_mix([big_key] * len(keys), clients=clients,
-                                                      address=address, h2=tools[0], work=work)  # fmt: skip
-                            notes.append(
-                                f"{len(keys)}-tenant mix (GetSession, {clients} at once, "
-                                f"{clients} h2load processes a round): {mix:.0f}/s against "
-                                f"{single:.0f}/s on one tenant measured the same way, ratio "
-                                f"{mix / single:.2f}; peak server RSS {peak_rss_mb(pids):.0f} MB"
-                            )
-                            print(notes[-1], flush=True)
-                finally:
-                    server.terminate()
-                    server.wait(30)
-                if workers == args.workers[0]:
-                    rows += await measure_floor(rows, chosen, args, big_url, tools, work)
-                    rows += await measure_peer(rows, chosen, args, base, work)
+            for repetition in range(1, args.repeat + 1):
+                rows += await one_pass(args, master_url, base, big_url, big_key, keys, tools,
+                                       work, notes, repetition)  # fmt: skip
             notes += comparisons(rows)
             return rows, notes
         finally:
             if cluster is not None:
                 cluster.stop()
+
+
+async def one_pass(
+    args: argparse.Namespace, master_url: str, base: str, big_url: str, big_key: str,
+    keys: list[str], tools: tuple[str, str], work: Path, notes: list[str], repetition: int,
+) -> list[Row]:  # fmt: skip
+    """Every chosen scenario on studio-rpc (each --workers), then the floor and the peer: a
+    repetition. Repetitions interleave the three, so that a slow moment of this shared
+    machine weighs on all of them rather than on one."""
+    rows: list[Row] = []
+    for workers in args.workers:
+        log = work / f"server-{workers}.log"
+        server, address = start_server(master_url, workers, log)
+        try:
+            pids = server_pids(server.pid)
+            chosen = [s for s in scenarios(update_id=10_000, list_project=1)
+                          if not args.only or s.name in args.only]  # fmt: skip
+            for scenario in chosen:
+                for clients in args.concurrency:
+                    row = await measure(
+                            scenario, clients=clients, seconds=args.seconds,
+                            address=address, key=big_key, pids=pids, tenant_url=big_url,
+                            server_log=log, tools=tools, work=work, workers=workers,
+                            profile=args.profile,
+                        )  # fmt: skip
+                    rows.append(row)
+                    print(f"{workers}w {row.scenario:<30} c={clients:<3}"
+                              f" {row.rps:8.0f}/s p99 {row.p99_ms:6.1f} ms"
+                              f" cpu {row.cpu_per_1000:.2f} ms/call"
+                              f" pgbench {row.pgbench_tps:8.0f}/s ratio {row.ratio:.2f}"
+                              f" ok {row.grpc_ok} failed {row.grpc_failed}", flush=True)  # fmt: skip
+            if workers == args.workers[0] and keys and repetition == 1:
+                for clients in [c for c in args.concurrency if c > 1]:
+                    mix = await tenant_mix(keys, clients=clients, address=address,
+                                               h2=tools[0], work=work)  # fmt: skip
+                    single = await tenant_mix([big_key] * len(keys), clients=clients,
+                                                  address=address, h2=tools[0], work=work)  # fmt: skip
+                    notes.append(
+                        f"{len(keys)}-tenant mix (GetSession, {clients} at once, "
+                        f"{clients} h2load processes a round): {mix:.0f}/s against "
+                        f"{single:.0f}/s on one tenant measured the same way, ratio "
+                        f"{mix / single:.2f}; peak server RSS {peak_rss_mb(pids):.0f} MB"
+                    )
+                    print(notes[-1], flush=True)
+        finally:
+            server.terminate()
+            server.wait(30)
+        if workers == args.workers[0]:
+            rows += await measure_floor(rows, chosen, args, big_url, tools, work)
+            rows += await measure_peer(rows, chosen, args, base, work)
+    for row in rows:
+        row.repetition = repetition
+    return rows
 
 
 async def measure_floor(
@@ -611,6 +660,9 @@ async def measure_floor(
     return floor_rows
 
 
+_PEERS: dict[Path, TrpcPeer] = {}
+
+
 async def measure_peer(
     rows: list[Row], chosen: list[Scenario], args: argparse.Namespace, base_url: str, work: Path
 ) -> list[Row]:
@@ -624,7 +676,9 @@ async def measure_peer(
         return []
     wrk = ensure_wrk()
     pgbench_of = {(r.scenario, r.concurrency): r.pgbench_tps for r in rows if r.workers == 1}
-    peer = await asyncio.to_thread(TrpcPeer, source, work, base_url)
+    peer = _PEERS.get(work) or await asyncio.to_thread(TrpcPeer, source, work, base_url)
+    _PEERS[work] = peer  # built and given its database once, for every repetition
+    peer.wrap = on_server_cores
     peer_rows = []
     for scenario in wanted:
         for clients in args.concurrency:
@@ -658,25 +712,48 @@ async def measure_peer(
 
 
 def comparisons(rows: list[Row]) -> list[str]:
-    """studio / tRPC peer and studio / floor, per scenario and concurrency (one worker)."""
-    by_key = {(r.scenario, r.concurrency): r for r in rows if r.workers == 1}
+    """studio / tRPC peer and studio / floor, per scenario and concurrency (one worker), over
+    the repetitions: the range of each ratio (repetition by repetition: each compares runs
+    made minutes apart)."""
+    by_key = {(r.scenario, r.concurrency, r.repetition): r for r in rows if r.workers == 1}
+    others = (PEER_LABEL, FLOOR_LABEL)
+    ours_keys = sorted({(n, c) for n, c, _ in by_key if not n.endswith(others)}, key=str)
     lines = []
-    for (name, clients), ours in by_key.items():
+    for name, clients in ours_keys:
         for label, short in ((PEER_LABEL, "tRPC"), (FLOOR_LABEL, "floor")):
-            other = by_key.get((name + label, clients))
-            if other is None or not other.rps or not other.cpu_per_1000:
+            pairs = [
+                (ours, other)
+                for (n, c, rep), ours in by_key.items()
+                if (n, c) == (name, clients)
+                and (other := by_key.get((name + label, clients, rep))) is not None
+                and other.rps
+                and other.cpu_per_1000
+            ]
+            if not pairs:
                 continue
-            lines.append(
-                f"{name} at {clients}: studio / {short} req/s {ours.rps / other.rps:.2f},"
-                f" CPU per call {ours.cpu_per_1000 / other.cpu_per_1000:.2f}"
-                f" ({ours.cpu_per_1000:.2f} against {other.cpu_per_1000:.2f} ms)"
-                + (
-                    f", p99 {ours.p99_ms:.1f} against {other.p99_ms:.1f} ms"
-                    if short == "tRPC"
-                    else ""
-                )
+            rps = [o.rps / t.rps for o, t in pairs]
+            cpu = [o.cpu_per_1000 / t.cpu_per_1000 for o, t in pairs]
+            line = (
+                f"{name} at {clients}: studio / {short} req/s {_span(rps)}, CPU per call"
+                f" {_span(cpu)} ({_span([o.cpu_per_1000 for o, _ in pairs])} against"
+                f" {_span([t.cpu_per_1000 for _, t in pairs])} ms)"
             )
+            if short == "tRPC":
+                line += (
+                    f", p99 {_span([o.p99_ms for o, _ in pairs], 1)} against"
+                    f" {_span([t.p99_ms for _, t in pairs], 1)} ms"
+                )
+            lines.append(line)
     return lines
+
+
+def _span(values: list[float], digits: int = 2) -> str:
+    low, high = min(values), max(values)
+    return (
+        f"{low:.{digits}f}"
+        if f"{low:.{digits}f}" == f"{high:.{digits}f}"
+        else (f"{low:.{digits}f}-{high:.{digits}f}")
+    )
 
 
 def render(rows: list[Row], notes: list[str], args: argparse.Namespace) -> str:
@@ -684,7 +761,8 @@ def render(rows: list[Row], notes: list[str], args: argparse.Namespace) -> str:
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python"
         f" {platform.python_version()}, PostgreSQL 18 (embedded binaries, fsync and"
         f" synchronous_commit on), server, PostgreSQL, h2load and pgbench on the same machine."
-        f" {args.sessions} sessions in the big studio; {args.seconds:g} s per run.",
+        f" {args.sessions} sessions in the big studio; {args.seconds:g} s per run,"
+        f" {args.repeat} repetitions; event loop {args.event_loop}.",
         "",
         "| scenario | workers | clients | req/s | p50 ms | p99 ms | CPU s / 1000 req |"
         " peak RSS MB | PG conns | pgbench tps | ratio | gRPC OK / failed |",
@@ -694,12 +772,7 @@ def render(rows: list[Row], notes: list[str], args: argparse.Namespace) -> str:
         lines.append(
             f"| {r.scenario} | {r.workers} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} |"
             f" {r.p99_ms:.2f} | {r.cpu_per_1000:.2f} | {r.rss_mb:.0f} | {r.connections} |"
-            f" {r.pgbench_tps:.0f} | {r.ratio:.2f} |"
-            + (
-                " not counted |"
-                if r.grpc_failed == NOT_COUNTED
-                else f" {r.grpc_ok} / {r.grpc_failed} |"
-            )
+            f" {r.pgbench_tps:.0f} | {r.ratio:.2f} | {r.grpc_ok} / {r.grpc_failed} |"
         )
     return "\n".join([*lines, "", *(f"- {n}" for n in [*notes, *speed_ups(rows)])]) + "\n"
 
@@ -741,12 +814,22 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")],
                         default=[1, 2])  # fmt: skip
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="the event loop of studio serve and of the floor")  # fmt: skip
+    parser.add_argument("--pin", action="store_true",
+                        help="the server on cores of its own (one per worker), the rest on"
+                        " the others (needs more cores than workers)")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="repetitions of every run, interleaving studio, floor and peer")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results.md")
     parser.add_argument("--only", type=lambda s: s.split(","), default=[],
                         help="scenario names, comma-separated (default: all)")  # fmt: skip
     parser.add_argument("--profile", type=Path, default=None,
                         help="record each run with py-spy into this directory")  # fmt: skip
     args = parser.parse_args()
+    EVENT_LOOP[0] = args.event_loop
+    if args.pin:
+        pin(max(args.workers))
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     rows, notes = asyncio.run(bench(args))

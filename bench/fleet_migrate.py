@@ -1,12 +1,14 @@
-"""Fleet migration benchmark: how long `studio migrate up` takes over N tenant databases on
-two PostgreSQL servers, one at a time and at several --jobs, with the peak number of
-migration connections observed per server.
+"""Fleet benchmark: provisioning N studios from the migrated template, then fanning a new
+tenant file out to all of them with `studio migrate up`'s engine at several --jobs, with the
+peak number of migration connections observed per server.
 
-    python3 dev.py bench fleet [--tenants 200] [--jobs 1,4,8,16] [--out bench/fleet_results.md]
+    python3 dev.py bench fleet [--tenants 1000] [--servers 3] [--provision-jobs 4]
+                               [--jobs 4,8,16] [--out bench/fleet_results.md]
 
-It starts two PostgreSQL servers of its own (embedded binaries, fsync on, as in production),
-registers N empty tenant databases in a master, alternating servers, and before each round
-recreates them empty, so that every round applies the same 8 tenant files to every tenant.
+It starts PostgreSQL servers of its own (embedded binaries, fsync on, as in production),
+provisions N studios spread over them (`provision_tenants`, what `studio tenants create
+--from-file` runs: a copy of each server's template, its own role, its history, its key), then
+for each --jobs value adds one tenant file (a new table) and migrates the whole fleet.
 A benchmark, not a test: it asserts nothing, it measures.
 """
 
@@ -16,18 +18,18 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
-from db.engines import create_engine_for
 from db.local_postgres import LocalPostgres
+from db.migrations.files import migrations_dir
 from db.migrations.fleet import Fleet, FleetOptions, run_one
 from db.migrations.runner import Status
-from db.tenants import register_tenant
+from db.tenants import ProvisionError, TenantSpec, provision_tenants
 
 
 async def _sample_peaks(servers: list[str], stop: asyncio.Event) -> dict[str, int]:
@@ -49,32 +51,15 @@ async def _sample_peaks(servers: list[str], stop: asyncio.Event) -> dict[str, in
     return peaks
 
 
-async def _recreate(servers: list[str], names: list[str]) -> None:
-    for index, name in enumerate(names):
-        async with await psycopg.AsyncConnection.connect(
-            servers[index % 2], autocommit=True
-        ) as conn:
-            ident = sql.Identifier(name)
-            await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-            await conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-async def _register(master_url: str, servers: list[str], names: list[str]) -> None:
-    engine = create_engine_for(master_url, pool_size=1)
-    try:
-        async with engine.begin() as master:
-            for index, name in enumerate(names):
-                await register_tenant(
-                    master, name=name, slug=name.replace("_", "-"), database_name=name,
-                    server_url=servers[index % 2],
-                )  # fmt: skip
-    finally:
-        await engine.dispose()
-
-
-async def bench(tenants: int, jobs_values: list[int]) -> list[dict[str, object]]:
+async def bench(
+    tenants: int, servers_count: int, provision_jobs: int, jobs_values: list[int]
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
-        clusters = [LocalPostgres(Path(tmp) / f"pg{i}" / "data") for i in (1, 2)]
+        clusters = [LocalPostgres(Path(tmp) / f"pg{i}" / "data") for i in range(servers_count)]
         for cluster in clusters:
             cluster.start()
         try:
@@ -83,52 +68,86 @@ async def bench(tenants: int, jobs_values: list[int]) -> list[dict[str, object]]
             async with await psycopg.AsyncConnection.connect(servers[0], autocommit=True) as c:
                 await c.execute("CREATE DATABASE bench_master")
             await run_one(master_url, "master", mode="up")
-            names = [f"bench_tenant_{n:05d}" for n in range(tenants)]
-            await _register(master_url, servers, names)
-            rows = []
-            for jobs in jobs_values:
-                await _recreate(servers, names)
+            specs = [
+                TenantSpec(f"Bench {n}", None, None if n % servers_count == 0
+                           else servers[n % servers_count])
+                for n in range(tenants)
+            ]  # fmt: skip
+            load_before = _load()
+            started = time.perf_counter()
+            made = await provision_tenants(master_url, specs, concurrency=provision_jobs)
+            provision_s = time.perf_counter() - started
+            failed = [m for m in made if isinstance(m, ProvisionError)]
+            print(f"provisioned {tenants - len(failed)}/{tenants} studios in {provision_s:.1f} s"
+                  f" ({tenants / provision_s:.1f}/s, --jobs {provision_jobs}),"
+                  f" load {load_before} -> {_load()}", flush=True)  # fmt: skip
+            folder = Path(tmp) / "tenant_sql"
+            folder.mkdir()
+            for path in migrations_dir("tenant").glob("*.sql"):
+                shutil.copy(path, folder / path.name)
+            rounds = []
+            for step, jobs in enumerate(jobs_values):
+                version = 9 + step
+                (folder / f"{version:04d}_bench_{version}.sql").write_text(
+                    f"CREATE TABLE bench_{version} (id bigint PRIMARY KEY, note text);\n"
+                )
+                per_server = max(1, jobs // servers_count)
                 stop = asyncio.Event()
                 sampler = asyncio.create_task(_sample_peaks(servers, stop))
+                load_before = _load()
                 started = time.perf_counter()
                 reports = await Fleet(
-                    master_url, FleetOptions(jobs=jobs, max_per_server=max(1, jobs // 2))
+                    master_url,
+                    FleetOptions(jobs=jobs, max_per_server=per_server, tenant_dir=folder),
                 ).run()
                 seconds = time.perf_counter() - started
                 stop.set()
                 peaks = await sampler
                 applied = sum(r.status is Status.APPLIED for r in reports[1:])
-                rows.append({
-                    "jobs": jobs, "max_per_server": max(1, jobs // 2), "seconds": seconds,
-                    "tenants_per_second": tenants / seconds, "applied": applied,
-                    "peak_connections": [peaks[s] for s in servers],
-                })  # fmt: skip
-                peak = [peaks[s] for s in servers]
-                print(f"jobs={jobs:>3}: {seconds:7.2f} s, {applied}/{tenants} tenants applied,"
-                      f" peak connections per server {peak}", flush=True)  # fmt: skip
-            return rows
+                durations = sorted(r.duration_ms for r in reports[1:])
+                row = {
+                    "jobs": jobs, "max_per_server": per_server, "seconds": seconds,
+                    "applied": applied, "peaks": [peaks[s] for s in servers],
+                    "median_ms": durations[len(durations) // 2] if durations else 0,
+                    "load": f"{load_before} -> {_load()}",
+                }  # fmt: skip
+                rounds.append(row)
+                print(f"fan-out --jobs {jobs:>3} --max-per-server {per_server}: {seconds:6.2f} s,"
+                      f" {applied}/{tenants} applied, median {row['median_ms']} ms per tenant,"
+                      f" peak connections per server {row['peaks']}, load {row['load']}",
+                      flush=True)  # fmt: skip
+            return {
+                "provision_s": provision_s, "provision_failed": len(failed),
+                "provision_jobs": provision_jobs, "rounds": rounds,
+            }  # fmt: skip
         finally:
             for cluster in clusters:
                 cluster.stop()
 
 
-def render(tenants: int, rows: list[dict[str, object]]) -> str:
-    base = float(rows[0]["seconds"])  # type: ignore[arg-type]
+def render(tenants: int, servers: int, result: dict[str, object]) -> str:
+    provision_s = float(result["provision_s"])  # type: ignore[arg-type]
     lines = [
-        f"Fleet migration: {tenants} tenant databases on 2 PostgreSQL 18 servers (fsync on),",
-        "8 tenant files each (0001-0008), master first. Machine: "
-        f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}.",
+        f"Fleet: {tenants} studios on {servers} PostgreSQL 18 servers (fsync on). Machine:"
+        f" {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+        " (shared with other work: see the load averages).",
         "",
-        "| --jobs | --max-per-server | seconds | tenants/s | speed-up vs one at a time |"
-        " peak connections per server |",
-        "|---:|---:|---:|---:|---:|---|",
+        f"Provisioning (copies of each server's migrated template, --jobs"
+        f" {result['provision_jobs']}): {provision_s:.1f} s, {tenants / provision_s:.1f}"
+        f" studios/s, {result['provision_failed']} failed.",
+        "",
+        "Fan-out of one new tenant file to every studio:",
+        "",
+        "| --jobs | --max-per-server | seconds | tenants/s | median ms per tenant |"
+        " peak connections per server | load (1/5/15 min) |",
+        "|---:|---:|---:|---:|---:|---|---|",
     ]
-    for row in rows:
-        seconds = float(row["seconds"])  # type: ignore[arg-type]
-        peaks = " / ".join(str(p) for p in row["peak_connections"])  # type: ignore[attr-defined]
+    for row in result["rounds"]:  # type: ignore[attr-defined]
+        seconds = float(row["seconds"])
+        peaks = " / ".join(str(p) for p in row["peaks"])
         lines.append(
             f"| {row['jobs']} | {row['max_per_server']} | {seconds:.2f} |"
-            f" {float(row['tenants_per_second']):.1f} | {base / seconds:.2f}x | {peaks} |"  # type: ignore[arg-type]
+            f" {tenants / seconds:.1f} | {row['median_ms']} | {peaks} | {row['load']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -137,12 +156,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tenants", type=int, default=200)
-    parser.add_argument("--jobs", default="1,4,8,16", help="comma-separated --jobs values")
+    parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument("--servers", type=int, default=3)
+    parser.add_argument("--provision-jobs", type=int, default=4)
+    parser.add_argument("--jobs", default="4,8,16", help="comma-separated --jobs values")
     parser.add_argument("--out", type=Path, default=Path("bench/fleet_results.md"))
     args = parser.parse_args()
-    rows = asyncio.run(bench(args.tenants, [int(j) for j in args.jobs.split(",")]))
-    table = render(args.tenants, rows)
+    result = asyncio.run(
+        bench(args.tenants, args.servers, args.provision_jobs,
+              [int(j) for j in args.jobs.split(",")])
+    )  # fmt: skip
+    table = render(args.tenants, args.servers, result)
     args.out.write_text(table)
     print(table)
 

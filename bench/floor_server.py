@@ -3,7 +3,9 @@
 A server with nothing of ours: no auth, no validation, no tenant routing, no SQLAlchemy, no
 logging; a psycopg pool of 5 connections to one database, the statement sent as is (the same
 statement studio-rpc sends: a booking with a project checks it, a link checks it in the
-UPDATE), the row put in the response. The API benchmark runs it beside `studio serve` so that the gap to pgbench can
+UPDATE), the row put in the response. It counts its successes and failures, which
+`bench.Floor/Counts` answers (as JSON): h2load counts an HTTP 200 carrying a gRPC error as a
+success. The API benchmark runs it beside `studio serve` so that the gap to pgbench can
 be split into what the transport and driver cost (this) and what the service adds.
 
     python -m bench.floor_server <conninfo> [uvloop|asyncio]
@@ -16,7 +18,9 @@ same transport and driver cost, on the same loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
+from collections import Counter
 from datetime import UTC
 from typing import Any
 
@@ -61,6 +65,29 @@ def _session(row: dict[str, Any]) -> pb.Session:
     if row["project_id"] is not None:
         session.project_id = row["project_id"]
     return session
+
+
+ANSWERED: Counter[str] = Counter()  # "OK" and "failed": the benchmark checks successes
+
+
+def counted(handler: Any) -> Any:  # noqa: ANN401
+    async def call(request: Any, context: object) -> Any:  # noqa: ANN401
+        try:
+            response = await handler(request, context)
+        except asyncio.CancelledError:  # in flight as h2load closed: not counted, as studio's
+            ANSWERED["cancelled"] += 1
+            raise
+        except BaseException:
+            ANSWERED["failed"] += 1
+            raise
+        ANSWERED["OK"] += 1
+        return response
+
+    return call
+
+
+async def _counts(_request: bytes, _context: object) -> bytes:
+    return json.dumps(dict(ANSWERED)).encode()
 
 
 async def serve(conninfo: str) -> None:
@@ -110,23 +137,26 @@ async def serve(conninfo: str) -> None:
         token = str(rows[-1]["id"]) if len(rows) > request.page_size else ""
         return pb.ListSessionsResponse(sessions=page, next_page_token=token)
 
-    handlers = {
-        "GetSession": grpc.unary_unary_rpc_method_handler(
-            get, pb.GetSessionRequest.FromString, pb.GetSessionResponse.SerializeToString
-        ),
-        "CreateSession": grpc.unary_unary_rpc_method_handler(
-            create, pb.CreateSessionRequest.FromString, pb.CreateSessionResponse.SerializeToString
-        ),
-        "UpdateSession": grpc.unary_unary_rpc_method_handler(
-            update, pb.UpdateSessionRequest.FromString, pb.UpdateSessionResponse.SerializeToString
-        ),
-        "ListSessions": grpc.unary_unary_rpc_method_handler(
-            list_, pb.ListSessionsRequest.FromString, pb.ListSessionsResponse.SerializeToString
-        ),
+    procedures: dict[str, tuple[Any, Any, Any]] = {
+        "GetSession": (get, pb.GetSessionRequest, pb.GetSessionResponse),
+        "CreateSession": (create, pb.CreateSessionRequest, pb.CreateSessionResponse),
+        "UpdateSession": (update, pb.UpdateSessionRequest, pb.UpdateSessionResponse),
+        "ListSessions": (list_, pb.ListSessionsRequest, pb.ListSessionsResponse),
     }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            counted(handler), request.FromString, response.SerializeToString
+        )
+        for name, (handler, request, response) in procedures.items()
+    }
+
+    counts_handler = grpc.unary_unary_rpc_method_handler(_counts)  # raw bytes both ways
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("studio.v1.SessionService", handlers),)
+        (
+            grpc.method_handlers_generic_handler("studio.v1.SessionService", handlers),
+            grpc.method_handlers_generic_handler("bench.Floor", {"Counts": counts_handler}),
+        )
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -31,6 +31,9 @@ LAYERS = (
 # Callbacks the event loop runs that have no Python frame of their own: grpc.aio's Cython
 # (the server's call handling) and C-implemented tasks. py-spy sees only the loop's frame.
 LOOP_CALLBACK = "Handle._run (asyncio/events.py"
+# On uvloop the loop itself is C: the innermost Python frame of its callbacks (grpc.aio's
+# Cython, the loop's own work) is the frame that started the loop.
+LOOP_STARTED = ("Runner.run (asyncio/runners.py", "run (asyncio/runners.py")
 NO_PYTHON_FRAME = "native code (no Python frame)"
 
 
@@ -38,7 +41,7 @@ def _layer(stack: list[str]) -> str:
     leaf = stack[-1]
     if len(stack) == 1:  # only the process: the thread was in C code
         return NO_PYTHON_FRAME
-    if leaf.startswith(LOOP_CALLBACK):
+    if leaf.startswith(LOOP_CALLBACK) or leaf.startswith(LOOP_STARTED):
         return "event-loop callbacks in C/Cython (mostly grpc.aio's call handling)"
     for name, fragment in LAYERS:
         if fragment in leaf:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -109,6 +110,7 @@ class TrpcPeer:
         self._script("schema.sql")
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
+        self.wrap: Callable[[list[str]], list[str]] = list  # the server's command line, as run
 
     def _script(self, name: str) -> None:
         # Each file is plain SQL; VACUUM and CHECKPOINT cannot run inside a transaction.
@@ -128,9 +130,10 @@ class TrpcPeer:
         port = _free_port()
         env = {**os.environ, "DATABASE_URL": _node_url(self.url), "PORT": str(port),
                "POOL_SIZE": str(POOL_SIZE)}  # fmt: skip
-        self.process = subprocess.Popen(
-            ["node", "dist/server.js"], cwd=self.dir, env=env, stdout=subprocess.PIPE, text=True
-        )
+        self.process = subprocess.Popen(  # (taskset, if wrapped in it, execs node: same pid)
+            self.wrap(["node", "dist/server.js"]), cwd=self.dir, env=env,
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if "listening on" not in line:

@@ -1,5 +1,6 @@
-"""Assembling the running service: master engine, authentication, tenant pools, the gRPC
-server, and the background work that keeps them healthy."""
+"""Assembling the running service: master engine, authentication, tenant pools, the one
+pipeline, its two servers (gRPC; Connect and gRPC-Web over HTTP), and the background work that
+keeps them healthy."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from sqlalchemy import text
 
 from db.engines import create_engine_for
 from db.tenant_pools import TenantPools
+from server.adapters.connect import ConnectApp, Cors
 from server.auth import Authenticator
 from server.auth_throttle import FailedAuthThrottle
 from server.grpc_server import ServingServer, TlsFiles, start_server
+from server.http_server import HttpServer, start_http_server
 from server.pipeline import Pipeline
 from server.routers import ROUTERS
 
@@ -32,11 +35,16 @@ class App:
     pipeline: Pipeline
     pools: TenantPools
     authenticator: Authenticator
+    http: HttpServer | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def port(self) -> int:
         return self.serving.port
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http else None
 
     async def stop(self, grace: float) -> None:
         """Stop serving and close every pool; completes even if a background task died (its
@@ -44,7 +52,7 @@ class App:
 
         New calls are refused by the pipeline (UNAVAILABLE, SHUTTING_DOWN) and health says
         NOT_SERVING at once; calls in flight get `grace` seconds, after which they are
-        cancelled as the gRPC server stops."""
+        cancelled as the servers stop."""
         deadline = asyncio.get_running_loop().time() + grace
         await self.serving.leave_rotation()
         await self.pipeline.drain(grace)
@@ -55,7 +63,11 @@ class App:
             for task in stuck:
                 log.error("background task %s did not stop when cancelled", task.get_name())
         try:
-            await self.serving.stop(max(0.0, deadline - asyncio.get_running_loop().time()))
+            left = max(0.0, deadline - asyncio.get_running_loop().time())
+            servers = [self.serving.stop(left), *([self.http.stop(left)] if self.http else [])]
+            for outcome in await asyncio.gather(*servers, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
         finally:
             try:
                 await self.pools.close_all()
@@ -112,7 +124,11 @@ async def start_app(
     auth_failures_per_second: float = 5.0,
     tls: TlsFiles | None = None,
     share_port: bool = False,
+    http_port: int | None = None,
+    cors_origins: tuple[str, ...] = (),
 ) -> App:
+    """`http_port`: also serve Connect and gRPC-Web there (None: not at all; 0: any free
+    port); `cors_origins`: the browser origins allowed to call it (`*`: any)."""
     master = create_engine_for(master_url, pool_size=5, pool_timeout=5.0)
     authenticator = Authenticator(master, cache_seconds=key_cache_seconds)
     pools = TenantPools(master_url, pool_size=tenant_pool_size, max_connections=max_db_connections)
@@ -123,7 +139,19 @@ async def start_app(
         max_concurrent_calls=max_concurrent_calls,
     )
     serving = await start_server(host, port, pipeline, ROUTERS, tls=tls, share_port=share_port)
-    app = App(serving, pipeline, pools, authenticator)
+    http = None
+    if http_port is not None:
+        procedures = [p for router in ROUTERS for p in router.all()]
+        connect = ConnectApp(pipeline, procedures)
+        try:
+            http = await start_http_server(
+                host, http_port, Cors(connect, cors_origins) if cors_origins else connect,
+                tls=tls, share_port=share_port, max_concurrent_calls=max_concurrent_calls,
+            )  # fmt: skip
+        except BaseException:
+            await serving.stop(0)
+            raise
+    app = App(serving, pipeline, pools, authenticator, http)
     app.run_in_background(_watch_master(app), "watch the master database")
     app.run_in_background(_close_idle_pools(app), "close idle tenant pools")
     return app

@@ -57,6 +57,7 @@ __all__ = [
     "TAKEN",
     "error_from_exception",
     "is_retryable",
+    "to_rpc_status",
     "to_status",
 ]
 
@@ -376,9 +377,10 @@ def _strings(struct: Struct, **values: str) -> None:
         struct.fields[key].string_value = value
 
 
-def to_status(error: ApiError, request_id: str) -> grpc.Status:
+def to_rpc_status(error: ApiError, request_id: str) -> Status:
     """google.rpc.Status with ErrorInfo (always), BadRequest (for field violations), and both
-    in a Struct, readable by tools without their descriptors."""
+    in a Struct, readable by tools without their descriptors: what every transport sends
+    (gRPC in grpc-status-details-bin, Connect as its JSON error's details)."""
     info = ErrorInfo(
         reason=error.reason,
         domain=DOMAIN,
@@ -399,6 +401,9 @@ def to_status(error: ApiError, request_id: str) -> grpc.Status:
             )
         )
     details.append(_pack(_readable(info, error)))
-    return rpc_status.to_status(
-        Status(code=error.code.value[0], message=error.message, details=details)
-    )
+    return Status(code=error.code.value[0], message=error.message, details=details)
+
+
+def to_status(error: ApiError, request_id: str) -> grpc.Status:
+    """to_rpc_status as grpc.aio sends it."""
+    return rpc_status.to_status(to_rpc_status(error, request_id))

@@ -10,18 +10,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.adapters import RECEIVE_CEILING_BYTES
+from server.adapters.grpc import UnknownMethods, method_handlers
 from server.listen_port import PortInUse, check_port_free
-from server.pipeline import MAX_REQUEST_BYTES, Pipeline, UnknownMethods, method_handlers
 
 if TYPE_CHECKING:
+    from server.pipeline import Pipeline
     from server.router import Router
 
 __all__ = ["ServingServer", "TlsFiles", "start_server"]
 
-# grpc refuses a larger request itself, before our code sees it (RESOURCE_EXHAUSTED without
-# ErrorInfo or a log line). Up to here, the pipeline refuses it with MESSAGE_TOO_LARGE; the
-# ceiling bounds what one call may make us hold in memory.
-RECEIVE_CEILING_BYTES = 4 * MAX_REQUEST_BYTES
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

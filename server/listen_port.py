@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import socket
 
-__all__ = ["PortInUse", "PortReservation", "check_port_free", "reserve_port"]
+__all__ = ["PortInUse", "PortReservation", "check_port_free", "listening_socket", "reserve_port"]
 
 
 class PortInUse(Exception):
@@ -63,3 +63,12 @@ def reserve_port(host: str, port: int) -> PortReservation:
     # Between the check and this bind another sharing socket could slip in; both are
     # microseconds apart, where before anything could share the port at any time.
     return PortReservation(_bound_socket(host, port, shared=True))
+
+
+def listening_socket(host: str, port: int, *, shared: bool, backlog: int) -> socket.socket:
+    """A socket listening on host:port (port 0: any free port) for a server that takes a
+    socket rather than binding one itself; `shared` as for reserve_port's workers. A port in
+    use raises PortInUse."""
+    sock = _bound_socket(host, port, shared=shared)
+    sock.listen(backlog)
+    return sock

@@ -4,9 +4,12 @@
              -> parse_and_validate -> in_transaction -> the procedure
 
 Each middleware is a small function `(call, next) -> response`. Only `map_errors` talks to
-gRPC about failures; everything inside raises `ApiError`s (or lets database errors through).
-A method the server does not have takes the same path up to the limits, and is then
-answered UNIMPLEMENTED (`UnknownMethods`): it is logged and carries ErrorInfo too.
+the transport about failures; everything inside raises `ApiError`s (or lets database errors
+through). A method the server does not have takes the same path up to the limits, and is then
+answered UNIMPLEMENTED: it is logged and carries ErrorInfo too.
+
+The pipeline knows no transport: each one (gRPC, Connect and gRPC-Web) is an adapter in
+server/adapters/ that hands `run` the call's bytes and a CallContext (server/call_context.py).
 """
 
 from __future__ import annotations
@@ -21,13 +24,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import grpc
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import DecodeError, Message
 
 from server.auth_throttle import FailedAuthThrottle, peer_host
 from server.context import Ctx
-from server.error_mapping import error_from_exception, is_retryable, to_status
+from server.error_mapping import error_from_exception, is_retryable, to_rpc_status
 from server.errors import (
     ApiError,
     DeadlineExceeded,
@@ -46,13 +48,12 @@ if TYPE_CHECKING:
     from db.sql import Connection
     from db.tenant_pools import TenantPools
     from server.auth import Authenticator, Principal
+    from server.call_context import CallContext, Metadata
 
 __all__ = [
     "MAX_REQUEST_BYTES",
     "Call",
     "Pipeline",
-    "UnknownMethods",
-    "method_handlers",
 ]
 
 log = logging.getLogger("studio.call")
@@ -66,7 +67,7 @@ class Call:
     method: str  # the path called: "/studio.v1.SessionService/GetSession"
     procedure: Procedure  # UNKNOWN_PROCEDURE when the server has no such method
     raw: bytes
-    context: grpc.aio.ServicerContext[bytes, bytes]
+    context: CallContext  # the transport's side of the call
     metadata: Metadata  # the call's invocation metadata, read once
     request_id: str
     principal: Principal | None = None
@@ -75,7 +76,6 @@ class Call:
     error: ApiError | None = None
 
 
-Metadata = tuple[tuple[str, str | bytes], ...]
 Next = Callable[[Call], Awaitable[Message]]
 Middleware = Callable[[Call, Next], Awaitable[Message]]
 
@@ -101,7 +101,7 @@ async def log_call(call: Call, next_: Next) -> Message:
     code = "OK"
     try:
         return await next_(call)
-    except asyncio.CancelledError:  # by gRPC: the caller went away or its deadline passed
+    except asyncio.CancelledError:  # by the transport: the caller left or its deadline passed
         remaining = call.context.time_remaining()
         code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
         raise
@@ -123,7 +123,8 @@ async def log_call(call: Call, next_: Next) -> Message:
 
 
 async def map_errors(call: Call, next_: Next) -> Message:
-    """Turn every failure into a google.rpc.Status; unexpected ones into a generic INTERNAL."""
+    """Turn every failure into a google.rpc.Status; unexpected ones into a generic INTERNAL.
+    The transport sends it in its own form."""
     try:
         return await next_(call)
     except asyncio.CancelledError:
@@ -134,13 +135,13 @@ async def map_errors(call: Call, next_: Next) -> Message:
             log.error({"msg": "unexpected error", "method": call.method,
                        "request_id": call.request_id}, exc_info=exc)  # fmt: skip
         call.error = error
-    await call.context.abort_with_status(to_status(call.error, call.request_id))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
+    await call.context.abort(to_rpc_status(call.error, call.request_id))
+    raise AssertionError("abort returned")  # pragma: no cover
 
 
 async def limit_size(call: Call, next_: Next) -> Message:
-    """Our limit on a request's size, with ErrorInfo; grpc itself accepts up to a ceiling
-    above it (server/grpc_server.py), so that a request a little too large reaches us."""
+    """Our limit on a request's size, with ErrorInfo; the transports themselves accept up to a
+    ceiling above it (server/adapters/), so that a request a little too large reaches us."""
     if len(call.raw) > MAX_REQUEST_BYTES:
         raise ResourceExhausted(
             "MESSAGE_TOO_LARGE",
@@ -218,19 +219,19 @@ class Pipeline:
         method: str,
         procedure: Procedure,
         raw: bytes,
-        context: grpc.aio.ServicerContext[bytes, bytes],
+        context: CallContext,
     ) -> bytes:
-        metadata = tuple(context.invocation_metadata() or ())
+        metadata = context.metadata()
         call = Call(method, procedure, raw, context, metadata, _request_id(metadata))
         chain = self.unknown_method_chain if procedure is UNKNOWN_PROCEDURE else self.chain
         response = await chain(call)
-        context.set_trailing_metadata((("x-request-id", call.request_id),))
-        return response.SerializeToString()
+        context.set_trailers((("x-request-id", call.request_id),))
+        return context.encode(response)
 
     async def admit(self, call: Call, next_: Next) -> Message:
         """Counts the calls in flight. Refused at once rather than queued without bound: past
         `max_concurrent_calls`, and every new call once the server drains for a shutdown (so
-        each gets our UNAVAILABLE, with ErrorInfo and a log line, not whatever grpc core
+        each gets our UNAVAILABLE, with ErrorInfo and a log line, not whatever a transport
         answers a call that races its shutdown). A plain counter: the loop runs one call at
         a time."""
         if self.draining:
@@ -264,8 +265,8 @@ class Pipeline:
 
     async def apply_deadline(self, call: Call, next_: Next) -> Message:
         """A call whose deadline has already passed does no work. When it passes during the
-        call, gRPC cancels the call, and psycopg cancels the statement running in PostgreSQL
-        for it (psycopg does so for any cancelled execute; a transaction rolls back).
+        call, the transport cancels the call, and psycopg cancels the statement running in
+        PostgreSQL for it (psycopg does so for any cancelled execute; a transaction rolls back).
         There is no timer of ours as well: a second cancellation arriving while psycopg
         sends its cancel request would interrupt it and leave the statement running.
         Transactions also carry the deadline as statement_timeout (in_transaction), and every
@@ -298,7 +299,7 @@ class Pipeline:
 
     async def parse_and_validate(self, call: Call, next_: Next) -> Message:
         try:
-            call.request = call.procedure.request_type.FromString(call.raw)
+            call.request = call.context.decode(call.procedure.request_type, call.raw)
         except DecodeError:
             raise InvalidArgument(
                 "MALFORMED_REQUEST",
@@ -350,43 +351,3 @@ def _begin(remaining: float | None) -> str:
     if remaining is None:
         return "BEGIN"
     return f"BEGIN; SET LOCAL statement_timeout = {max(1, int(remaining * 1000))}"
-
-
-def method_handlers(
-    pipeline: Pipeline, procedures: list[Procedure]
-) -> dict[str, grpc.RpcMethodHandler[bytes, bytes]]:
-    """gRPC handlers that hand raw bytes to the pipeline: parsing is ours, so that bytes
-    that are not a valid message get INVALID_ARGUMENT rather than grpcio's UNKNOWN."""
-
-    def behavior(procedure: Procedure) -> Callable[..., Awaitable[bytes]]:
-        method = procedure.path
-
-        async def handle(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-            return await pipeline.run(method, procedure, raw, context)
-
-        return handle
-
-    return {p.name: grpc.unary_unary_rpc_method_handler(behavior(p)) for p in procedures}
-
-
-class UnknownMethods(grpc.GenericRpcHandler):
-    """Answers every method no other handler has, through the pipeline: UNIMPLEMENTED with
-    ErrorInfo, and a log line, where grpc alone would answer a bare UNIMPLEMENTED. Added
-    after every other handler: grpc asks them in order."""
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-
-    def service(
-        self, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[bytes, bytes]:
-        method = str(handler_call_details.method)
-        pipeline = self.pipeline
-
-        # A streaming handler: the answer comes without reading the request, whatever kind
-        # of call the caller thought it made (a unary handler would wait for a message that
-        # a streaming caller may never send).
-        async def refuse(requests: object, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
-            await pipeline.run(method, UNKNOWN_PROCEDURE, b"", context)
-
-        return grpc.stream_stream_rpc_method_handler(refuse)

@@ -225,7 +225,7 @@ async def update_at_once(
     resource_id: int = getattr(patch, "id")  # noqa: B009 (every resource has an id)
     etag: str = getattr(patch, "etag")  # noqa: B009
     paths = mapping.mask_paths(patch, mask)
-    validate_written(mapping.merged(None, patch, paths), kind, paths)
+    validate_written(mapping.merged(mapping.example, patch, paths), kind, paths)
     values = mapping.update_values(patch, paths) | dict(also or {})
     version = version_of_etag(etag, f"{kind}.etag") if etag else None
     guard = guarded.in_place(patch, paths) if guarded and guarded.in_place else None

@@ -113,8 +113,9 @@ def validate_resource(resource: Message, path: str) -> None:
 
 
 def validate_written(written: Message, path: str, paths: Collection[str]) -> None:
-    """Validate the fields an update writes, `written` holding only those (the others
-    unset): a rule on a field it leaves alone is not its concern (that value is stored, so
+    """Validate the fields an update writes (`paths`), `written` holding them (the others
+    unset, or as permissive as their rules allow): only violations at those fields count.
+    A rule on a field the update leaves alone is not its concern (that value is stored, so
     valid), and a rule across fields holds as PostgreSQL checks it (a CHECK constraint,
     mapped back to the rule's field violation in server/error_mapping.py)."""
     violations = [

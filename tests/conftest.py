@@ -13,9 +13,11 @@ import asyncio
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -31,6 +33,7 @@ from db.migrations.fleet import run_one
 from db.tenant_catalog import with_database
 from db.tenants import provision_tenant
 from tests.api import Api
+from tests.connect_api import ConnectApi
 from tests.serving import ServerProcess, start_serve
 
 RUN_ID = secrets.token_hex(3)
@@ -66,6 +69,13 @@ def second_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def third_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A third PostgreSQL server, for fleets spread over three."""
+    with _throwaway_cluster(tmp_path_factory, "third") as url:
+        yield url
+
+
 @contextmanager
 def _throwaway_cluster(factory: pytest.TempPathFactory, name: str) -> Iterator[str]:
     cluster = LocalPostgres(factory.mktemp(name) / "data", durable=False)
@@ -94,15 +104,21 @@ class Databases:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return with_database(self.server_url, name)
 
+    def _drop(self, name: str) -> None:
+        with psycopg.connect(self.server_url, autocommit=True) as conn:
+            ident = sql.Identifier(name)  # a template database must stop being one first
+            conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(ident))
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
     def drop_all(self) -> None:
         with psycopg.connect(self.server_url, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"st_{RUN_ID}_%",)
             ).fetchall()
-            for (name,) in rows:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+            # Several at once: each DROP DATABASE waits for a checkpoint, and concurrent ones
+            # share it (30 databases: 34 s one by one, 2.3 s eight at a time, here).
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(self._drop, [name for (name,) in rows]))
             # Tenant roles are named like their databases, and are cluster-wide: once the
             # databases they own are gone, the run's roles go too.
             roles = conn.execute(
@@ -156,6 +172,7 @@ class ApiServer:
         self.master_url = master_url
         self.server = server
         self.address = server.address
+        self.http_url = server.http_url  # Connect and gRPC-Web
         self._count = 0
 
     def new_tenant(self, label: str = "studio") -> Tenant:
@@ -184,6 +201,10 @@ class ApiServer:
 
     def api(self, key: str | None) -> Api:
         return Api(self.address, key)
+
+    def connect(self, key: str | None, **options: Any) -> ConnectApi:
+        """The same services over Connect (options: protocol, json, http2)."""
+        return ConnectApi(self.http_url, key, **options)
 
 
 @pytest.fixture(scope="session")

@@ -17,19 +17,26 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 STUDIO = str(Path(sys.executable).parent / "studio")
-READY = "serving gRPC on "
+READY = "serving gRPC on "  # the last line: every port is served
+HTTP_READY = "serving HTTP on "  # before it, unless --no-http
 
 
 @dataclass
 class ServerProcess:
     process: subprocess.Popen[str]
     port: int = 0
+    http_port: int = 0  # Connect and gRPC-Web; 0 with --no-http
     output: list[str] = field(default_factory=list)
     reader: threading.Thread | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        assert self.http_port, "this server serves no HTTP (--no-http)"
+        return f"http://127.0.0.1:{self.http_port}"
 
     def terminate(self, timeout: float = 30) -> int:
         """SIGTERM, then the exit code (the output is complete once this returns)."""
@@ -53,9 +60,10 @@ def _env(master_url: str | None) -> dict[str, str]:
 def start_serve(
     data_dir: Path, *extra: str, master_url: str | None = None, timeout: float = 120
 ) -> ServerProcess:
-    """Start `studio serve --port 0` and wait until it prints the port it listens on."""
+    """Start `studio serve --port 0 --http-port 0` and wait until it prints the ports it
+    listens on (`extra` may override either)."""
     process = subprocess.Popen(
-        [STUDIO, "serve", "--port", "0", "--data-dir", str(data_dir), *extra],
+        [STUDIO, "serve", "--port", "0", "--http-port", "0", "--data-dir", str(data_dir), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -68,8 +76,10 @@ def start_serve(
         assert process.stdout is not None
         for line in process.stdout:
             server.output.append(line)
+            if line.startswith(HTTP_READY):
+                server.http_port = _port(line)
             if line.startswith(READY):
-                server.port = int(line.rsplit(":", 1)[1].split()[0])
+                server.port = _port(line)
                 ready.set()
 
     server.reader = threading.Thread(target=read, daemon=True)
@@ -83,13 +93,19 @@ def start_serve(
     return server
 
 
+def _port(line: str) -> int:
+    """The port of "serving gRPC on 127.0.0.1:50051 (2 workers)"."""
+    return int(line.split()[3].rsplit(":", 1)[1])
+
+
 def serve_refused(
     data_dir: Path, *extra: str, master_url: str | None = None, timeout: float = 120
 ) -> tuple[int, str]:
     """Run a `studio serve` expected not to start: its exit code and its output. One that
-    starts after all is stopped, and its output says so ("serving gRPC on")."""
+    starts after all is stopped, and its output says so ("serving gRPC on"). Its HTTP port is
+    any free one unless `extra` names one."""
     process = subprocess.Popen(
-        [STUDIO, "serve", "--data-dir", str(data_dir), *extra],
+        [STUDIO, "serve", "--http-port", "0", "--data-dir", str(data_dir), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -101,7 +101,8 @@ def test_every_line_on_stderr_is_json_with_a_utc_timestamp(
     }
     with stderr.open("w") as err:
         process = subprocess.Popen(
-            [STUDIO, "serve", "--port", "0", "--data-dir", str(tmp_path / "data")],
+            [STUDIO, "serve", "--port", "0", "--http-port", "0", "--data-dir",
+             str(tmp_path / "data")],
             stdout=subprocess.PIPE, stderr=err, text=True, env=env,
         )  # fmt: skip
     try:
@@ -119,8 +120,12 @@ def test_every_line_on_stderr_is_json_with_a_utc_timestamp(
         assert process.wait(30) == 0
     stdout += process.stdout.readlines()
     process.stdout.close()
-    # stdout is for scripts: the two announcements, plain text, and nothing else
-    assert [line.split()[0] for line in stdout] == ["demo", "serving"]
+    # stdout is for scripts: the announcements, plain text, and nothing else
+    assert [" ".join(line.split()[:2]) for line in stdout] == [
+        "demo tenant",
+        "serving HTTP",
+        "serving gRPC",
+    ]
 
     lines = stderr.read_text().splitlines()
     entries = [json.loads(line) for line in lines]  # every line, or this fails

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -67,7 +68,9 @@ def test_a_failing_file_exits_3_with_file_line_and_sqlstate(fresh_db: str, tmp_p
     assert result.returncode == 3
     [report, _summary] = json_lines(result.stdout)
     assert report["status"] == "failed"
-    assert report["error"] == {
+    error = dict(report["error"])  # type: ignore[call-overload]
+    assert datetime.fromisoformat(error.pop("at")) <= datetime.now(UTC)  # when it was recorded
+    assert error == {
         "file": "0001_broken.sql",
         "line": 2,
         "sqlstate": "42P01",

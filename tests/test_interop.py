@@ -13,6 +13,7 @@ from google.rpc.error_details_pb2 import ErrorInfo
 from tests.conftest import ApiServer, Tenant
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -189,3 +190,50 @@ def test_grpcurl_reaches_every_procedure_of_tracks_time_and_rollups(
     call("TimeEntryService/DeleteTimeEntry", {"id": timer})
     call("TrackService/DeleteTrack", {"id": track})
     call("TaskTypeService/DeleteTaskType", {"id": mixing})
+
+
+def test_buf_curl_calls_over_connect_and_grpc_web_and_reads_error_details(
+    api_server: ApiServer, studio: Tenant
+) -> None:
+    """buf curl's own Connect and gRPC-Web clients on the HTTP port (the schema from protos/:
+    reflection is served on the gRPC port)."""
+    auth = f"authorization: Bearer {studio.key}"
+    for protocol, extra in (("connect", ()), ("grpcweb", ("--http2-prior-knowledge",))):
+        made = _run(
+            str(BIN / "buf"),
+            "curl",
+            "--protocol",
+            protocol,
+            *extra,
+            "--schema",
+            str(ROOT / "protos"),
+            "-H",
+            auth,
+            "-d",
+            '{"client": {"name": "Via buf"}}',
+            f"{api_server.http_url}/studio.v1.ClientService/CreateClient",
+        )
+        assert made.returncode == 0, made.stderr
+        assert json.loads(made.stdout)["client"]["name"] == "Via buf"
+        missing = _run(
+            str(BIN / "buf"),
+            "curl",
+            "--protocol",
+            protocol,
+            *extra,
+            "--schema",
+            str(ROOT / "protos"),
+            "-H",
+            auth,
+            "-d",
+            '{"id": "424242"}',
+            f"{api_server.http_url}/studio.v1.SessionService/GetSession",
+        )
+        assert missing.returncode != 0
+        error = json.loads(missing.stderr)
+        assert error["code"] == "not_found"
+        [debug] = [d["debug"] for d in error["details"] if "debug" in d]
+        assert (debug["reason"], debug["metadata"]["sessionId"]) == ("SESSION_NOT_FOUND", "424242")
+        [info] = [d["value"] for d in error["details"] if d["type"] == "google.rpc.ErrorInfo"]
+        decoded = ErrorInfo.FromString(base64.b64decode(info + "=" * (-len(info) % 4)))
+        assert decoded.reason == "SESSION_NOT_FOUND"

@@ -85,8 +85,8 @@ async def test_a_concurrent_only_statement_in_a_transactional_file_is_refused_up
     report = await migrate_up(fresh_db, folder)
     assert report.status is Status.REFUSED
     assert report.problems == [
-        f"{next_file('index')}:2: cannot run inside a transaction; put it in a file with"
-        " `-- migrate: no-transaction`"
+        f"{next_file('index')}:2: CREATE INDEX CONCURRENTLY cannot run inside a transaction;"
+        " put it in a file with `-- migrate: no-transaction`"
     ]
     assert _fetch(fresh_db, "SELECT to_regclass('clients')") == [(None,)]  # nothing ran at all
 

@@ -82,3 +82,38 @@ def test_the_readme_python_snippet_books_and_unlinks(databases: Databases, tmp_p
         server.terminate()
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "linked: True after unlink: False"
+
+
+def test_the_readme_books_unlinks_and_fails_over_connect_with_curl(
+    databases: Databases, tmp_path: Path
+) -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- readme-connect-walkthrough -->\s*```sh\n(.*?)```", readme, re.DOTALL)
+    assert block, "the README lost its Connect walkthrough"
+    server = start_serve(tmp_path, master_url=databases.create("readme_connect_master"))
+    try:
+        env = {**os.environ, "HTTP_PORT": str(server.http_port), "STUDIO_DATA_DIR": str(tmp_path)}
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block.group(1)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+    assert result.returncode == 0, result.stderr
+    _client, _room, project, booked, unlinked, listed, error = _json_values(result.stdout)
+    assert booked["session"]["projectId"] == project["project"]["id"] == "1"  # type: ignore[index]
+    assert "projectId" not in unlinked["session"]  # type: ignore[operator]
+    assert unlinked["session"]["title"] == "Drums"  # type: ignore[index]
+    assert listed == {}  # the project has no session left
+    assert (error["code"], error["message"]) == ("not_found", "session 42 does not exist")
+    [debug] = [d["debug"] for d in error["details"] if "debug" in d]  # type: ignore[attr-defined]
+    assert debug["reason"] == "SESSION_NOT_FOUND"
+    assert debug["metadata"]["sessionId"] == "42"
+
+
+def test_the_readme_web_snippet_is_the_page_the_browser_test_drives() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- readme-web -->\s*```tsx\n(.*?)```", readme, re.DOTALL)
+    assert block, "the README lost its connect-query snippet"
+    page = (ROOT / "clients" / "typescript" / "examples" / "web" / "app.tsx").read_text()
+    assert block.group(1) in page

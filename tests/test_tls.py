@@ -94,8 +94,28 @@ def test_the_api_is_served_over_tls(api_server: ApiServer, tmp_path: Path, mutua
             ):
                 _list(channel, tenant.key)
             assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+
+        # Connect on the HTTP port is served over TLS too (HTTP/2 by ALPN), never in the clear
+        url = f"https://127.0.0.1:{server.http_port}/studio.v1.ClientService/ListClients"
+        client = ["--cert", str(client_cert), "--key", str(client_key)] if mutual else []
+        assert _curl(url, tenant.key, "--cacert", str(ca_file), "--http2", *client) == (0, "{}")
+        plain = url.replace("https://", "http://")
+        assert _curl(plain, tenant.key)[0] != 0
+        if mutual:
+            assert _curl(url, tenant.key, "--cacert", str(ca_file))[0] != 0
     finally:
         server.terminate()
+
+
+def _curl(url: str, key: str, *options: str) -> tuple[int, str]:
+    """curl's exit code and the body of a Connect JSON call."""
+    result = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", "--max-time", "10", *options,
+         "-H", "content-type: application/json", "-H", f"authorization: Bearer {key}",
+         "-d", "{}", url],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return result.returncode, result.stdout
 
 
 @pytest.mark.parametrize(
@@ -106,7 +126,7 @@ def test_half_a_tls_configuration_is_refused_not_served_in_the_clear(
     tmp_path: Path, flags: tuple[str, str]
 ) -> None:
     result = subprocess.run(
-        [STUDIO, "serve", "--port", "0", "--data-dir", str(tmp_path), flags[0],
+        [STUDIO, "serve", "--port", "0", "--http-port", "0", "--data-dir", str(tmp_path), flags[0],
          str(tmp_path / flags[1])],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppliedMigration",
+    "RecordedFailure",
     "accept_edit",
     "ensure_history_tables",
     "history_exists",
+    "last_failure",
     "read_history",
     "record_applied",
     "record_attempt",
@@ -50,7 +52,8 @@ ALTER TABLE {SCHEMA}.history
     ADD COLUMN IF NOT EXISTS transactional boolean NOT NULL DEFAULT true,
     ADD COLUMN IF NOT EXISTS statements_done integer,
     ADD COLUMN IF NOT EXISTS statements_total integer,
-    ADD COLUMN IF NOT EXISTS statement_checksums text[];
+    ADD COLUMN IF NOT EXISTS statement_checksums text[],
+    ADD COLUMN IF NOT EXISTS out_of_order boolean NOT NULL DEFAULT false;
 ALTER TABLE {SCHEMA}.history DROP CONSTRAINT IF EXISTS history_status_check;
 ALTER TABLE {SCHEMA}.history ADD CONSTRAINT history_status_check
     CHECK (status IN ('applied', 'baseline', 'running', 'failed'));
@@ -82,6 +85,44 @@ class AppliedMigration:
     @property
     def complete(self) -> bool:
         return self.status in {"applied", "baseline"}
+
+
+@dataclass(frozen=True)
+class RecordedFailure:
+    """The last failed attempt at a file that is still pending, as `status` shows it."""
+
+    filename: str | None
+    line: int | None
+    sqlstate: str | None
+    message: str
+    at: str  # ISO 8601
+
+
+async def last_failure(
+    conn: AsyncConnection[tuple[object, ...]], pending: list[int]
+) -> RecordedFailure | None:
+    """The latest failure recorded for one of the `pending` versions, if any (read-only)."""
+    cur = await conn.execute(f"SELECT to_regclass('{SCHEMA}.attempts') IS NOT NULL")
+    row = await cur.fetchone()
+    if not (row and row[0]):
+        return None
+    cur = await conn.execute(
+        f"SELECT filename, line, sqlstate, message, to_json(at) #>> '{{}}' FROM {SCHEMA}.attempts"
+        " WHERE version = ANY(%s) AND outcome IN ('failed', 'lock-timeout')"
+        " ORDER BY id DESC LIMIT 1",
+        (pending,),
+    )
+    found = await cur.fetchone()
+    if found is None:
+        return None
+    filename, line, sqlstate, message, at = found
+    return RecordedFailure(
+        None if filename is None else str(filename),
+        None if line is None else int(str(line)),
+        None if sqlstate is None else str(sqlstate),
+        str(message or ""),
+        str(at),
+    )
 
 
 async def history_exists(conn: AsyncConnection[tuple[object, ...]]) -> bool:
@@ -134,17 +175,19 @@ async def record_applied(
     status: str,
     execution_ms: int,
     runner: str,
+    out_of_order: bool = False,
 ) -> None:
+    """The file's row, `out_of_order` when it was numbered below a file applied before it."""
     await conn.execute(
         f"INSERT INTO {SCHEMA}.history (version, name, filename, checksum, checksum_loose,"
-        " transactional, status, execution_ms, runner)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " transactional, status, execution_ms, runner, out_of_order)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (version) DO UPDATE SET status = EXCLUDED.status,"
         " checksum = EXCLUDED.checksum, checksum_loose = EXCLUDED.checksum_loose,"
         " execution_ms = EXCLUDED.execution_ms, applied_at = clock_timestamp(),"
-        " runner = EXCLUDED.runner",
+        " runner = EXCLUDED.runner, out_of_order = EXCLUDED.out_of_order",
         (file.version, file.name, file.filename, file.checksum, file.checksum_loose,
-         file.transactional, status, execution_ms, runner),
+         file.transactional, status, execution_ms, runner, out_of_order),
     )  # fmt: skip
 
 
@@ -201,10 +244,13 @@ async def record_attempt(
     sqlstate: str | None = None,
     message: str | None = None,
     line: int | None = None,
-) -> None:
-    await conn.execute(
+) -> str:
+    """Record an attempt; when it was recorded (ISO 8601)."""
+    cur = await conn.execute(
         f"INSERT INTO {SCHEMA}.attempts"
         " (version, filename, outcome, sqlstate, message, line, runner)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING to_json(at) #>> '{}'",
         (version, filename, outcome, sqlstate, message, line, runner),
     )
+    row = await cur.fetchone()
+    return str(row[0]) if row else ""

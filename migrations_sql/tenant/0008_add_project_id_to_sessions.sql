@@ -3,6 +3,7 @@
 -- unlinks them (ON DELETE SET NULL).
 ALTER TABLE sessions ADD COLUMN IF NOT EXISTS project_id bigint;
 
+-- lint: allow constraint-without-not-valid because project_id was just added: NULL everywhere
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_constraint
@@ -16,4 +17,5 @@ END $$;
 
 -- project_id leads, so the index serves the foreign key (SET NULL on delete) and
 -- "all sessions of this album" in the API's (start_time, id) page order.
+-- lint: allow index-without-concurrently because the fleet's sessions were small then
 CREATE INDEX IF NOT EXISTS sessions_project_id_idx ON sessions (project_id, start_time, id);

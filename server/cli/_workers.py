@@ -47,10 +47,14 @@ class _Workers:
         self.running.append(worker)
         assert worker.stdout is not None
         try:
-            line = await asyncio.wait_for(worker.stdout.readline(), START_TIMEOUT_SECONDS)
+            async with asyncio.timeout(START_TIMEOUT_SECONDS):
+                # "serving HTTP on" comes first; "serving gRPC on" once it serves both.
+                while line := await worker.stdout.readline():
+                    if line.startswith(READY):
+                        return True
         except TimeoutError:
-            line = b""
-        return line.startswith(READY)
+            pass
+        return False
 
     async def stop_all(self) -> list[int]:
         for worker in self.running:

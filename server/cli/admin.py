@@ -22,7 +22,7 @@ from db.engines import create_engine_for
 from db.master_tables import API_KEY_ROLES
 from db.organizations import list_organizations, organization_id
 from db.tenant_catalog import describe_conninfo, server_of
-from db.tenants import ProvisionError, provision_tenant
+from db.tenants import ProvisionedTenant, ProvisionError, TenantSpec, provision_tenants
 from server.cli._common import (
     EXIT_CONFIG,
     NoMasterDatabase,
@@ -39,9 +39,10 @@ UNDEFINED_TABLE = "42P01"
 EXIT_CODES = """\
 exit codes:
   0  done
-  1  no master database; no such studio; no such active key
+  1  no master database; no such studio; no such active key; nothing to provision
   2  bad command line
-  3  failed: provisioning failed, or the master database could not be
+  3  failed: provisioning failed (with --count or --from-file: one studio or
+     more; the others were provisioned), or the master database could not be
      reached or queried"""
 
 Action = Callable[[argparse.Namespace, str], Coroutine[Any, Any, int]]
@@ -58,8 +59,30 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         _create_tenant,
         "provision a studio: its own database, migrated, and an admin key (shown once)",
     )
-    create.add_argument("--name", required=True, help="the studio's name")
+    create.add_argument(
+        "--name", help="the studio's name (with --count: the names are NAME 1 ... NAME N)"
+    )
     create.add_argument("--slug", help="short unique name (default: made from --name)")
+    create.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="provision N studios named --name 1 ... --name N (tests, load)",
+    )
+    create.add_argument(
+        "--from-file",
+        type=argparse.FileType("r"),
+        metavar="FILE",
+        help="provision one studio per line of FILE, a JSON object"
+        ' {"name": ..., "slug": ..., "server_url": ...} (slug and server_url optional);'
+        " - reads standard input. Keys print as JSON lines, one per studio",
+    )
+    create.add_argument(
+        "--jobs",
+        type=int,
+        default=4,
+        help="studios provisioned at once (--count, --from-file)",
+    )
     create.add_argument(
         "--server-url",
         metavar="URL",
@@ -143,26 +166,66 @@ def _database_failure(url: str, exc: DBAPIError | psycopg.Error) -> str:
     return said
 
 
-async def _create_tenant(args: argparse.Namespace, master_url: str) -> int:
-    try:
-        tenant = await provision_tenant(
-            master_url, name=args.name, slug=args.slug, server_url=args.server_url
-        )
-    except ProvisionError as exc:
-        print(f"studio tenants create: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    if args.json:
+def _specs(args: argparse.Namespace) -> list[TenantSpec] | str:
+    """The studios to provision, or why the command line names none."""
+    if args.from_file is not None:
+        specs = []
+        for number, line in enumerate(args.from_file, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                specs.append(TenantSpec(str(entry["name"]), entry.get("slug"),
+                                        entry.get("server_url") or args.server_url))  # fmt: skip
+            except (ValueError, KeyError, TypeError) as exc:
+                return (
+                    f"line {number} of {args.from_file.name}: not a JSON object with a name ({exc})"
+                )
+        return specs
+    if not args.name:
+        return "give --name (or --from-file)"
+    if args.count is not None:
+        if args.count < 1 or args.slug:
+            return "--count takes N >= 1, and makes the slugs from the names (no --slug)"
+        return [
+            TenantSpec(f"{args.name} {n}", None, args.server_url) for n in range(1, args.count + 1)
+        ]
+    return [TenantSpec(args.name, args.slug, args.server_url)]
+
+
+def _show(tenant: ProvisionedTenant, *, as_json: bool) -> None:
+    if as_json:
         created = {
             "tenant": tenant.slug,
             "organization_id": tenant.organization_id,
             "database": tenant.database_name,
             "api_key": tenant.api_key,
         }
-        print(json.dumps(created))
+        print(json.dumps(created), flush=True)
     else:
         print(f"studio {tenant.slug!r} provisioned in database {tenant.database_name}")
         print(f"admin API key (shown once, keep it safe): {tenant.api_key}")
-    return 0
+
+
+async def _create_tenant(args: argparse.Namespace, master_url: str) -> int:
+    specs = _specs(args)
+    if isinstance(specs, str):
+        print(f"studio tenants create: {specs}", file=sys.stderr)
+        return EXIT_CONFIG
+    bulk = len(specs) > 1 or args.from_file is not None
+    failed = []
+
+    def done(spec: TenantSpec, result: ProvisionedTenant | ProvisionError) -> None:
+        if isinstance(result, ProvisionError):
+            failed.append(spec)
+            print(f"studio tenants create: {spec.name}: {result}", file=sys.stderr)
+        else:
+            _show(result, as_json=args.json or bulk)
+
+    await provision_tenants(master_url, specs, concurrency=max(1, args.jobs), on_done=done)
+    if bulk:
+        print(f"provisioned {len(specs) - len(failed)} of {len(specs)} studios", file=sys.stderr)
+    return EXIT_FAILED if failed else 0
 
 
 async def _list_tenants(args: argparse.Namespace, master_url: str) -> int:

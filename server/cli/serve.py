@@ -1,4 +1,4 @@
-"""`studio serve`: run the gRPC server."""
+"""`studio serve`: run the server: gRPC on --port, Connect and gRPC-Web on --http-port."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
@@ -28,6 +29,7 @@ __all__ = ["add_parser"]
 
 log = logging.getLogger("studio.serve")
 EXIT_STARTUP_FAILED = 3
+DEFAULT_HTTP_PORT = 8080
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EVENT_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -38,12 +40,31 @@ EVENT_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "serve",
-        help="run the gRPC server",
-        description="Run the gRPC server. With STUDIO_DATABASE_URL unset, an embedded "
-        "PostgreSQL runs from the data directory, and a demo studio is provisioned once.",
+        help="run the server (gRPC; Connect and gRPC-Web over HTTP)",
+        description="Run the server: gRPC on --port, and the same procedures over the Connect "
+        "protocol (JSON or binary, HTTP/1.1 or h2c) and gRPC-Web on --http-port. With "
+        "STUDIO_DATABASE_URL unset, an embedded PostgreSQL runs from the data directory, and a "
+        "demo studio is provisioned once.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=50051, help="port (0: any free port)")
+    parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=DEFAULT_HTTP_PORT,
+        help="HTTP port for Connect and gRPC-Web: browsers, curl, HTTP/1.1 clients (0: any free"
+        " port)",
+    )
+    parser.add_argument(
+        "--no-http", action="store_true", help="serve gRPC only (no Connect, no gRPC-Web)"
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="a browser origin (https://app.example.com) allowed to call the HTTP port, "
+        "repeatable; * allows any. Without it, no CORS headers are sent",
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -95,7 +116,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--workers",
         type=int,
         default=1,
-        help="server processes sharing the port (SO_REUSEPORT); one per core scales with cores;"
+        help="server processes sharing the ports (SO_REUSEPORT); one per core scales with cores;"
         " a worker that dies is replaced (5 times a minute at most, then the server exits 3)",
     )
     parser.add_argument(
@@ -111,27 +132,46 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def _run_workers(
-    args: argparse.Namespace, master_url: str, port: PortReservation, stop: asyncio.Event
+    args: argparse.Namespace, master_url: str, ports: Ports, stop: asyncio.Event
 ) -> int:
-    """N single-process servers on one port; this process set up the databases, holds the
-    port and the data directory, and only supervises (restarts, forwards SIGTERM, waits)."""
+    """N single-process servers on the same ports; this process set up the databases, holds
+    the ports and the data directory, and only supervises (restarts, forwards SIGTERM, waits)."""
     # Each worker gets this command line as given (every flag, new ones included), with the
     # overrides after it: argparse keeps the last value of a repeated option.
     command = [
         sys.executable, "-m", "server.cli", *sys.argv[1:], "--workers", "1",
-        "--port", str(port.port), "--skip-migrations", "--no-demo", "--as-worker",
+        "--port", str(ports.grpc.port), "--skip-migrations", "--no-demo", "--as-worker",
+        *(["--http-port", str(ports.http.port)] if ports.http else []),
     ]  # fmt: skip
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
 
     def ready() -> None:
-        announce(f"serving gRPC on {args.host}:{port.port} ({args.workers} workers)")
+        workers = f"({args.workers} workers)"
+        announce_ports(args.host, ports.grpc.port, ports.http.port if ports.http else None, workers)
 
     clean = await supervise(command, env, args.workers, stop, ready)
     return 0 if clean else EXIT_STARTUP_FAILED
 
 
+@dataclass(frozen=True)
+class Ports:
+    """What a --workers supervisor holds for its workers."""
+
+    grpc: PortReservation
+    http: PortReservation | None
+
+
+def announce_ports(host: str, port: int, http_port: int | None, suffix: str = "") -> None:
+    """The ports served, HTTP first: "serving gRPC on" comes last, once all are ready."""
+    tail = f" {suffix}" if suffix else ""
+    if http_port is not None:
+        announce(f"serving HTTP on {host}:{http_port} (Connect, gRPC-Web){tail}")
+    announce(f"serving gRPC on {host}:{port}{tail}")
+
+
 def announce(line: str) -> None:
-    """A line for whoever started us (tests and scripts wait for "serving gRPC on"), after the
+    """A line for whoever started us (tests and scripts wait for "serving gRPC on", and read
+    the HTTP port from "serving HTTP on"), after the
     log lines written before it, and in one write, so log lines never land inside it."""
     for handler in logging.getLogger().handlers:
         handler.flush()
@@ -151,19 +191,27 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if not args.no_http and args.http_port and args.http_port == args.port:
+        print("studio serve: --http-port must differ from --port", file=sys.stderr)
+        return EXIT_USAGE
     data_dir: Path = args.data_dir.resolve() if args.data_dir else default_data_dir()
     with contextlib.ExitStack() as held:
         reservation = None
-        if not args.as_worker:  # the supervisor holds the data directory and the port
+        wanted = [args.port, *([] if args.no_http else [args.http_port])]
+        if not args.as_worker:  # the supervisor holds the data directory and the ports
             # Refused before anything starts, in one plain line (nothing is logged yet): a
             # second server on this data directory or port.
             try:
                 held.callback(lock_data_dir(data_dir).release)
                 if args.workers > 1:
-                    reservation = reserve_port(args.host, args.port)
-                    held.callback(reservation.close)
+                    held_ports = [reserve_port(args.host, p) for p in wanted]
+                    for held_port in held_ports:
+                        held.callback(held_port.close)
+                    http = held_ports[1] if len(held_ports) > 1 else None
+                    reservation = Ports(held_ports[0], http)
                 else:
-                    check_port_free(args.host, args.port)
+                    for wanted_port in wanted:
+                        check_port_free(args.host, wanted_port)
             except (DataDirInUse, PortInUse) as exc:
                 return refuse(exc)
         # JSON lines on stderr, written in batches by a thread: a write that blocks (a slow
@@ -172,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 with asyncio.Runner(loop_factory=EVENT_LOOPS[args.event_loop]) as runner:
                     return runner.run(_serve(args, data_dir, reservation))
-            except PortInUse as exc:  # taken between our check and grpc's bind
+            except PortInUse as exc:  # taken between our check and the bind
                 log.error("studio serve: %s", exc)
                 return EXIT_STARTUP_FAILED
             except Exception:  # the traceback goes in the log line, as every other one
@@ -203,9 +251,7 @@ def _stop_on_signals(worker: bool) -> asyncio.Event:
     return stop
 
 
-async def _serve(
-    args: argparse.Namespace, data_dir: Path, reservation: PortReservation | None
-) -> int:
+async def _serve(args: argparse.Namespace, data_dir: Path, reservation: Ports | None) -> int:
     # Handlers first: a signal during start-up still stops the embedded PostgreSQL, and a
     # SIGTERM right after "serving" is announced stops us cleanly.
     stop = _stop_on_signals(args.as_worker)
@@ -216,7 +262,7 @@ async def _serve_one(
     args: argparse.Namespace,
     data_dir: Path,
     stop: asyncio.Event,
-    workers_port: PortReservation | None = None,
+    workers_ports: Ports | None = None,
 ) -> int:
     databases = await open_databases(configured_database_url(), data_dir)
     try:
@@ -231,8 +277,8 @@ async def _serve_one(
             )
         if stop.is_set():
             return 0
-        if workers_port is not None:
-            return await _run_workers(args, databases.master_url, workers_port, stop)
+        if workers_ports is not None:
+            return await _run_workers(args, databases.master_url, workers_ports, stop)
         app = await start_app(
             databases.master_url,
             host=args.host,
@@ -245,11 +291,13 @@ async def _serve_one(
             if args.tls_cert
             else None,
             share_port=args.as_worker,
+            http_port=None if args.no_http else args.http_port,
+            cors_origins=tuple(args.cors_origin or ()),
         )
         # What start-up allocated lives as long as the process: keep the collector off it, so
         # that full collections stay short instead of pausing calls for 100+ ms.
         gc.freeze()
-        announce(f"serving gRPC on {args.host}:{app.port}")
+        announce_ports(args.host, app.port, app.http_port)
         await stop.wait()
         log.info("shutting down: finishing in-flight calls (grace %.0fs)", args.grace)
         await app.stop(args.grace)

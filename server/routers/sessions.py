@@ -46,6 +46,12 @@ SESSION = ResourceMapping(
         Field("payment_status", Kind.ENUM),
         Field("notes", Kind.TEXT),
     ),
+    # No times: the rules across them (end after start, within 31 days) say nothing when one
+    # is unset, and an update writing one end is checked against the stored other end by the
+    # database (sessions_time_range_check, sessions_duration_check). No time could stand in:
+    # with the 31-day rule, any start refuses some valid end. Unset, they are only REQUIRED,
+    # which an update that does not write them drops.
+    example=pb.Session(client_id=1, room_id=1, title="-"),
 )
 
 

@@ -17,3 +17,8 @@ def pg_url() -> None:  # databases, fresh_db, api_server, studio, api... all sta
 @pytest.fixture(scope="session")
 def second_server() -> None:
     _no_postgresql()
+
+
+@pytest.fixture(scope="session")
+def third_server() -> None:
+    _no_postgresql()

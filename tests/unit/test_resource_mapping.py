@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -22,11 +23,14 @@ from server.resource_mapping import (
     version_of_etag,
 )
 from server.routers.clients import CLIENT
+from server.routers.projects import PROJECT
 from server.routers.rooms import ROOM
 from server.routers.sessions import SESSION
+from server.validation import validate_resource, validate_written
 from studio.v1 import client_pb2, room_pb2, session_pb2
 
 START = datetime(2027, 3, 1, 10, 0, tzinfo=UTC)
+ALL_MAPPINGS: list[ResourceMapping[Any]] = [CLIENT, ROOM, PROJECT, SESSION]
 
 
 def _session_row(**changes: object) -> dict[str, object]:
@@ -205,3 +209,33 @@ def test_an_immutable_field_is_written_on_create_only() -> None:
         assert [(v.field, v.reason) for v in raised.value.field_violations] == [
             ("update_mask", "IMMUTABLE")
         ]
+
+
+@pytest.mark.parametrize("mapping", [m for m in ALL_MAPPINGS if m.example is not None],
+                         ids=lambda m: m.message_type.__name__)  # fmt: skip
+def test_each_example_is_a_valid_resource_but_for_fields_left_unset(
+    mapping: ResourceMapping[Any],
+) -> None:
+    """An update's written fields are validated laid over the example: an invalid example
+    would refuse updates for a field they do not write. Its only violations may be REQUIRED
+    rules of fields it leaves unset (dropped unless the update writes them)."""
+    assert mapping.example is not None
+    try:
+        validate_resource(mapping.example, "example")
+    except InvalidArgument as refused:
+        for violation in refused.field_violations:
+            name = violation.field.removeprefix("example.")
+            assert violation.reason == "REQUIRED", violation
+            assert not mapping.is_set(mapping.example, name), violation
+
+
+def test_an_update_writing_one_field_is_checked_at_that_field_only() -> None:
+    """Laid over the example, the rules of the fields an update leaves alone stay quiet."""
+    patch = session_pb2.Session(id=1, project_id=0, end_time=Timestamp(seconds=1_800_000_000))
+    paths = ["end_time"]
+    validate_written(SESSION.merged(SESSION.example, patch, paths), "session", paths)
+    paths = ["title"]  # cleared: required
+    written = SESSION.merged(SESSION.example, patch, paths)
+    with pytest.raises(InvalidArgument) as refused:
+        validate_written(written, "session", paths)
+    assert [v.field for v in refused.value.field_violations] == ["session.title"]
