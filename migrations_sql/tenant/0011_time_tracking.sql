@@ -13,6 +13,11 @@
 -- made (the others lose their number), and of several timers running for one context only the
 -- last started keeps running, each earlier one ending when the next one started (marked
 -- manually adjusted).
+--
+-- Tracks, task types and time entries had no procedure before this release: a studio holds the
+-- few rows an import made, if any. Building indexes in the transaction and rewriting
+-- time_entries for its generated columns lock those small tables for moments.
+-- lint: allow-file backfill-in-transaction, index-without-concurrently, rewrite-or-lock, adding-field-with-default, require-concurrent-index-deletion because these tables had no API until this file: each studio's rows are few
 
 ALTER TABLE task_types ADD COLUMN IF NOT EXISTS create_request_id uuid;
 ALTER TABLE time_entries ADD COLUMN IF NOT EXISTS create_request_id uuid;
