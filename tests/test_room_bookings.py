@@ -139,12 +139,14 @@ def test_conflict_is_the_servers_status(api: Api) -> None:
          {"session.end_time": "WITHIN_31_DAYS"}),
         ({"start_time": Timestamp(seconds=946_684_799), "end_time": Timestamp(seconds=946_688_400)},
          {"session.start_time": "TIMESTAMP_GTE_LT"}),
-        ({"end_time": Timestamp(seconds=4_102_444_800)},
-         {"session.end_time": "TIMESTAMP_GTE_LT", "session.end_time.within_31_days": None}),
+        ({"end_time": Timestamp(seconds=4_102_444_800)}, {"session.end_time": "TIMESTAMP_GTE_LT"}),
+        # far apart (the fuzz suite found the 31-day rule's arithmetic overflowing: INTERNAL)
+        ({"start_time": Timestamp(seconds=9_223_372_037), "end_time": Timestamp(seconds=0)},
+         {"session.start_time": "TIMESTAMP_GTE_LT"}),
     ],
 )  # fmt: skip
 def test_a_booking_breaking_a_studio_rule_is_refused_at_its_field(
-    api: Api, fields: dict[str, object], violation: dict[str, str | None]
+    api: Api, fields: dict[str, object], violation: dict[str, str]
 ) -> None:
     session = session_pb2.Session(
         client_id=api.client().id, room_id=api.room().id, title="Lockout",
@@ -159,9 +161,8 @@ def test_a_booking_breaking_a_studio_rule_is_refused_at_its_field(
         lambda: api.sessions.CreateSession(session_pb2.CreateSessionRequest(session=session))
     )
     assert got.code is grpc.StatusCode.INVALID_ARGUMENT
-    expected = {k: v for k, v in violation.items() if v is not None}
-    assert {k: v for k, v in got.fields.items() if k in expected} == expected
-    assert set(got.fields) <= {*expected, "session.end_time"}
+    assert {k: v for k, v in got.fields.items() if k in violation} == violation
+    assert set(got.fields) <= {*violation, "session.end_time"}
 
 
 def test_an_update_of_one_field_is_checked_against_the_stored_others(api: Api) -> None:
