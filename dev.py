@@ -9,6 +9,7 @@
     python3 dev.py bench fleet [--tenants 1000]   fleet provisioning and migration benchmark
     python3 dev.py bench api                      the API benchmark against pgbench (bench/)
     python3 dev.py bench connect                  Connect and gRPC-Web beside gRPC (bench/)
+    python3 dev.py bench summary                  a project summary on the big studio (bench/)
 
 It is the "Makefile" of the project, written in Python so that a fresh machine with only
 Python needs nothing else. It uses the standard library alone: it runs before the venv exists.
@@ -279,6 +280,7 @@ BENCHES = {
     "fleet": "bench.fleet_migrate",
     "api": "bench.api_bench",
     "connect": "bench.connect_bench",
+    "summary": "bench.summary_bench",
 }
 
 

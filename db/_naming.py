@@ -13,7 +13,7 @@ __all__ = ["new_metadata"]
 NAMING_CONVENTION = {
     "pk": "%(table_name)s_pkey",
     "fk": "%(table_name)s_%(column_0_name)s_%(referred_table_name)s_%(referred_column_0_name)s_fk",
-    "uq": "%(table_name)s_%(column_0_name)s_key",
+    "uq": "%(table_name)s_%(column_0_N_name)s_key",
     "ck": "%(table_name)s_%(constraint_name)s_check",
     "ix": "%(table_name)s_%(column_0_name)s_idx",
 }

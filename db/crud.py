@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import (
     Column,
     ColumnElement,
+    Label,
     Table,
     bindparam,
     delete,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Filter",
     "Guard",
+    "SortKey",
     "delete_row",
     "fetch_by_request_id",
     "fetch_row",
@@ -44,6 +46,9 @@ __all__ = [
 ]
 
 Lock = Literal["update", "share"] | None
+# A list's sort key: a column's name, or an expression labelled with the name it is
+# returned under (tracks by coalesce(track_number, ...)).
+SortKey = str | Label[Any]
 Fixed = tuple[tuple[str, ColumnElement[Any]], ...]  # columns set to SQL expressions (DEFAULT)
 Condition = ColumnElement[bool] | None
 
@@ -227,17 +232,25 @@ class Filter:
     params: Mapping[str, Any]
 
 
+def _key_name(key: SortKey) -> str:
+    return key if isinstance(key, str) else key.name
+
+
 @lru_cache(maxsize=256)  # a shape per combination of filters
 def _list_statement(
     table: Table,
     conditions: tuple[ColumnElement[bool], ...],
-    order_by: tuple[str, ...],
+    order_by: tuple[SortKey, ...],
     paged: bool,
 ) -> Sql:
-    columns = [table.c[name] for name in order_by]
-    query = select(table).where(*conditions).order_by(*columns).limit(bindparam("limit"))
+    columns = [table.c[key] if isinstance(key, str) else key.element for key in order_by]
+    labelled = [key for key in order_by if not isinstance(key, str)]
+    query = select(table, *labelled).where(*conditions).order_by(*columns).limit(bindparam("limit"))
     if paged:
-        after = [bindparam(f"after_{name}", type_=table.c[name].type) for name in order_by]
+        after = [
+            bindparam(f"after_{_key_name(key)}", type_=column.type)
+            for key, column in zip(order_by, columns, strict=True)
+        ]
         query = query.where(tuple_(*columns) > tuple_(*after))
     return compiled(query)
 
@@ -247,7 +260,7 @@ async def list_rows(
     table: Table,
     *,
     where: Sequence[Filter],
-    order_by: Sequence[str],
+    order_by: Sequence[SortKey],
     after: Sequence[object] | None,
     limit: int,
 ) -> list[Row]:
@@ -259,5 +272,7 @@ async def list_rows(
     for f in where:
         params.update(f.params)
     if after is not None:
-        params.update({f"after_{name}": value for name, value in zip(order_by, after, strict=True)})
+        params.update({
+            f"after_{_key_name(key)}": value for key, value in zip(order_by, after, strict=True)
+        })  # fmt: skip
     return await fetch_all(conn, statement, params)

@@ -4,13 +4,25 @@ until the transaction ends. Statements are built once, with bind parameters (see
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, delete, exists, literal_column, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Label,
+    Select,
+    bindparam,
+    delete,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 
 from db.crud import Filter, Guard
-from db.sql import compiled, fetch_all, fetch_value
-from db.tables import clients, projects, sessions, tracks
+from db.sql import Sql, compiled, fetch_all, fetch_one, fetch_value
+from db.tables import clients, projects, sessions, tenant_metadata, time_entries, tracks
 
 if TYPE_CHECKING:
     from db.sql import Connection
@@ -19,11 +31,15 @@ __all__ = [
     "client_exists",
     "delete_project_tracks",
     "lock_project_client",
+    "missing_references",
     "project_has_sessions",
     "project_of_client",
     "project_of_client_in_place",
     "projects_of_client",
     "session_filters",
+    "track_filters",
+    "track_has_time_entries",
+    "track_order",
 ]
 
 
@@ -92,6 +108,30 @@ async def lock_project_client(conn: Connection, project_id: int) -> int | None:
     return client_id
 
 
+_TABLE_OF_KIND = {table.info["kind"]: table for table in tenant_metadata.tables.values()}
+
+
+@cache
+def _exist_statement(kinds: tuple[str, ...]) -> Sql:
+    return compiled(
+        select(
+            *(
+                exists().where(_TABLE_OF_KIND[kind].c.id == bindparam(f"e_{kind}")).label(kind)
+                for kind in kinds
+            )
+        )
+    )
+
+
+async def missing_references(conn: Connection, ids: dict[str, int]) -> list[str]:
+    """Of the rows named by kind ({"project": 4, "room": 2}), those that do not exist, in one
+    statement."""
+    kinds = tuple(ids)
+    row = await fetch_one(conn, _exist_statement(kinds), {f"e_{k}": v for k, v in ids.items()})
+    assert row is not None
+    return [kind for kind in kinds if not row[kind]]
+
+
 async def client_exists(conn: Connection, client_id: int) -> bool:
     return bool(await fetch_value(conn, _CLIENT_EXISTS, {"client_id": client_id}))
 
@@ -143,3 +183,30 @@ def session_filters(
 def projects_of_client(client_id: int) -> Filter:
     """ListProjects' filter by client."""
     return Filter(_PROJECTS_OF_CLIENT, {"f_client_id": client_id})
+
+
+_TRACK_HAS_TIME_ENTRIES = compiled(
+    select(exists().where(time_entries.c.track_id == bindparam("track_id")))
+)
+
+
+async def track_has_time_entries(conn: Connection, track_id: int) -> bool:
+    return bool(await fetch_value(conn, _TRACK_HAS_TIME_ENTRIES, {"track_id": track_id}))
+
+
+# ListTracks: a project's tracks by number, the unnumbered ones last (numbers are positive
+# int32s, so the largest one sorts after all of them), then by id.
+_TRACK_ORDER: Label[int] = func.coalesce(tracks.c.track_number, 2**31 - 1).label("number_key")
+_TRACKS_OF_PROJECT = tracks.c.project_id == bindparam("f_project_id")
+_TRACKS_IN_STATUS = tracks.c.status == bindparam("f_status")
+
+
+def track_order() -> Label[int]:
+    return _TRACK_ORDER
+
+
+def track_filters(*, project_id: int, status: str | None) -> list[Filter]:
+    where = [Filter(_TRACKS_OF_PROJECT, {"f_project_id": project_id})]
+    if status is not None:
+        where.append(Filter(_TRACKS_IN_STATUS, {"f_status": status}))
+    return where

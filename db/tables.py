@@ -1,7 +1,9 @@
 """Tenant database tables (one database per studio), as SQLAlchemy Core.
 
 These mirror migrations_sql/tenant/ exactly; tests/test_schema.py migrates a fresh database
-and compares its catalogue with a database built from this metadata.
+and compares its catalogue with a database built from this metadata. Each table's `info["kind"]`
+names the resource a row is ("time_entry"): errors about its foreign keys are derived from it
+(server/error_mapping.py: TIME_ENTRY_NOT_FOUND, SESSION_HAS_TIME_ENTRIES...).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     ForeignKey,
     Identity,
@@ -20,9 +23,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
+    literal_column,
     text,
 )
+from sqlalchemy.dialects.postgresql import ExcludeConstraint
 
 from db._naming import new_metadata
 
@@ -80,10 +86,15 @@ PROJECT_STATUSES = (
     "archived",
 )
 TRACK_STATUSES = ("recording", "editing", "mixing", "mastering", "completed")
-SESSION_STATUSES = ("scheduled", "in_progress", "completed", "cancelled")
+# 0009: "conflict", a double booking found when rooms became conflict-free; like a cancelled
+# session, it does not hold its room.
+SESSION_STATUSES = ("scheduled", "in_progress", "completed", "cancelled", "conflict")
+NOT_HOLDING_THE_ROOM = ("cancelled", "conflict")
 PAYMENT_STATUSES = ("unpaid", "partial", "paid", "refunded")
 TASK_CATEGORIES = ("billable", "non_billable")
 HEX_COLOR = "color ~ '^#[0-9a-fA-F]{6}$'"
+ROUNDED_MINUTES = "round(extract(epoch FROM end_time - start_time) / 60)"
+TOTALED = ["duration_minutes", "billable_amount", "end_time"]  # what time totals read
 
 clients = Table(
     "clients",
@@ -103,6 +114,7 @@ clients = Table(
     *_bookkeeping(),
     CheckConstraint(_one_of("type", CLIENT_TYPES), name="type"),
     CheckConstraint("name <> ''", name="name"),
+    info={"kind": "client"},
 )
 
 rooms = Table(
@@ -128,6 +140,7 @@ rooms = Table(
     CheckConstraint("hourly_rate >= 0 AND half_day_rate >= 0 AND full_day_rate >= 0", name="rates"),
     CheckConstraint("capacity > 0", name="capacity"),
     CheckConstraint(HEX_COLOR, name="color"),
+    info={"kind": "room"},
 )
 
 projects = Table(
@@ -151,6 +164,7 @@ projects = Table(
     CheckConstraint("name <> ''", name="name"),
     CheckConstraint("budget >= 0", name="budget"),
     Index(None, "client_id", "id"),
+    info={"kind": "project"},
 )
 
 tracks = Table(
@@ -173,8 +187,10 @@ tracks = Table(
     CheckConstraint(_one_of("status", TRACK_STATUSES), name="status"),
     CheckConstraint("title <> ''", name="title"),
     CheckConstraint("track_number > 0 AND duration_seconds >= 0 AND bpm > 0", name="numbers"),
+    UniqueConstraint("project_id", "track_number"),  # 0011: a number once per project
     Index(None, "project_id", "id"),
     Index(None, "recorded_in_room_id"),
+    info={"kind": "track"},
 )
 
 sessions = Table(
@@ -205,10 +221,23 @@ sessions = Table(
     CheckConstraint(_one_of("payment_status", PAYMENT_STATUSES), name="payment_status"),
     CheckConstraint("title <> ''", name="title"),
     CheckConstraint("total_amount >= 0 AND deposit_amount >= 0", name="amounts"),
+    # 0010: booking rules (also in the protos, and checked here for updates of one field)
+    CheckConstraint("deposit_amount <= total_amount", name="deposit"),
+    CheckConstraint("end_time - start_time <= interval '31 days'", name="duration"),
+    # 0009: a room is booked once at a time (see the migration for why these operators)
+    ExcludeConstraint(
+        (literal_column("int8range(room_id, room_id, '[]')"), "&&"),
+        (literal_column("tstzrange(start_time, end_time, '[)')"), "&&"),
+        (literal_column("('::'::inet + id) inet_ops"), "<>"),
+        using="gist",
+        where=text(_one_of("status", NOT_HOLDING_THE_ROOM).replace(" IN ", " NOT IN ")),
+        name="sessions_room_booking_excl",
+    ),
     Index(None, "start_time", "id"),
     Index(None, "client_id", "start_time", "id"),
     Index(None, "room_id", "start_time", "id"),
     Index(None, "project_id", "start_time", "id"),
+    info={"kind": "session"},
 )
 
 task_types = Table(
@@ -222,11 +251,12 @@ task_types = Table(
     Column("color", String(7)),
     Column("sort_order", Integer, nullable=False, server_default=text("0")),
     Column("is_active", Boolean, nullable=False, server_default=TRUE),
-    *_bookkeeping(request_id=False),
+    *_bookkeeping(),  # 0011: the create_request_id
     CheckConstraint(_one_of("category", TASK_CATEGORIES), name="category"),
     CheckConstraint("hourly_rate >= 0", name="hourly_rate"),
     CheckConstraint(HEX_COLOR, name="color"),
     CheckConstraint("name <> ''", name="name"),
+    info={"kind": "task_type"},
 )
 
 time_entries = Table(
@@ -245,20 +275,44 @@ time_entries = Table(
     Column("track_id", BigInteger, ForeignKey("tracks.id", ondelete="RESTRICT")),
     Column("start_time", DateTime(timezone=True), nullable=False),
     Column("end_time", DateTime(timezone=True)),
-    Column("duration_minutes", Integer),
     Column("hourly_rate_snapshot", Numeric(10, 2), nullable=False),
+    Column("billable", Boolean, nullable=False, server_default=TRUE),  # 0011: snapshotted too
     Column("manually_adjusted", Boolean, nullable=False, server_default=FALSE),
     Column("notes", Text),
     Column("created_by", String(255)),
-    *_bookkeeping(request_id=False),
+    *_bookkeeping(),  # 0011: the create_request_id
+    # 0011: derived by the database, never written: NULL while the timer runs
+    Column("duration_minutes", Integer, Computed(ROUNDED_MINUTES + "::integer", persisted=True)),
+    Column(
+        "billable_amount",
+        Numeric(14, 2),
+        Computed(
+            "CASE WHEN end_time IS NULL THEN NULL"
+            f" WHEN billable THEN round({ROUNDED_MINUTES} * hourly_rate_snapshot / 60, 2)"
+            " ELSE 0 END",
+            persisted=True,
+        ),
+    ),
     CheckConstraint("end_time >= start_time", name="time_range"),
-    CheckConstraint("duration_minutes >= 0", name="duration"),
     CheckConstraint("hourly_rate_snapshot >= 0", name="rate"),
     CheckConstraint(
         "num_nonnulls(session_id, project_id, track_id) = 1", name="exactly_one_parent"
     ),
     Index(None, "task_type_id"),
-    Index(None, "session_id"),
-    Index(None, "project_id"),
-    Index(None, "track_id"),
+    # 0011: each context's entries in time order, with what their totals read
+    *(
+        Index(None, context, "start_time", "id", postgresql_include=TOTALED)
+        for context in ("session_id", "project_id", "track_id")
+    ),
+    # 0011: at most one running timer per session, project or track
+    Index(
+        "time_entries_running_timer_idx",
+        "session_id",
+        "project_id",
+        "track_id",
+        unique=True,
+        postgresql_where=text("end_time IS NULL"),
+        postgresql_nulls_not_distinct=True,
+    ),
+    info={"kind": "time_entry"},
 )

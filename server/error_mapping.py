@@ -6,7 +6,10 @@ anything else is a bug: INTERNAL with a generic message (the traceback goes to t
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +25,7 @@ from grpc_status import rpc_status
 
 from db.connection_budget import ConnectionBudgetExhausted
 from db.connection_pool import PoolExhausted
+from db.tables import tenant_metadata
 from server.errors import (
     Aborted,
     AlreadyExists,
@@ -33,11 +37,13 @@ from server.errors import (
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
+    id_key,
 )
-from studio.v1 import session_pb2
+from studio.v1 import session_pb2, time_entry_pb2
 
 if TYPE_CHECKING:
     import grpc
+    from sqlalchemy import MetaData, Table
 
 __all__ = [
     "CHECKS",
@@ -47,6 +53,8 @@ __all__ = [
     "SQLSTATES",
     "SQLSTATE_CLASSES",
     "STILL_REFERENCED",
+    "STILL_REFERENCED_MESSAGES",
+    "TAKEN",
     "error_from_exception",
     "is_retryable",
     "to_rpc_status",
@@ -102,53 +110,54 @@ RETRYABLE_SQLSTATES = {"40001", "40P01"}  # the pipeline runs the transaction ag
 class Reference:
     """A foreign key refusal, about the referred-to resource `kind` (its id in metadata)."""
 
-    kind: str  # "client": metadata clientId, messages "client 42 ..."
+    kind: str  # "task_type": metadata taskTypeId, messages "task type 42 ..."
     reason: str
     message: str  # "{kind}" is "client 42" (or "the client" when PostgreSQL did not say)
 
 
+def _kind(table: Table) -> str:
+    kind: str = table.info["kind"]
+    return kind
+
+
+# What a refused delete says, by reason; otherwise "{kind} still has <rows>; delete them first".
+STILL_REFERENCED_MESSAGES = {
+    "ROOM_HAS_SESSIONS": "{kind} still has sessions booked in it; delete them first",
+    "PROJECT_HAS_TRACKS": "{kind} has tracks; delete them first, or delete the project with force",
+    "PROJECT_HAS_TIME_ENTRIES": "{kind} has time entries logged against it",
+    "SESSION_HAS_TIME_ENTRIES": "{kind} has time entries logged against it",
+    "TRACK_HAS_TIME_ENTRIES": "{kind} has time entries logged against it",
+    "TASK_TYPE_HAS_TIME_ENTRIES": (
+        "{kind} is used by time entries; deactivate it instead (is_active: false)"
+    ),
+}
+
+
+def _references(metadata: MetaData) -> tuple[dict[str, Reference], dict[str, Reference]]:
+    """Both foreign key tables, from the Core metadata itself (db/tables.py): every key refused
+    on insert or update is <KIND>_NOT_FOUND of the table it refers to; every key that
+    refuses a delete (RESTRICT, NO ACTION) is <KIND>_HAS_<REFERRING TABLE>. A new foreign key
+    adds its rows here by itself; its reasons must be values of studio.v1.ErrorReason
+    (tests/unit/test_error_mapping.py checks them all)."""
+    missing, still = {}, {}
+    for table in metadata.sorted_tables:
+        for fk in table.foreign_key_constraints:
+            name, referred = str(fk.name), fk.referred_table
+            kind = _kind(referred)
+            missing[name] = Reference(kind, f"{kind.upper()}_NOT_FOUND", "{kind} does not exist")
+            if (fk.ondelete or "NO ACTION").upper() in {"RESTRICT", "NO ACTION"}:
+                reason = f"{kind.upper()}_HAS_{table.name.upper()}"
+                rows = table.name.replace("_", " ")
+                message = STILL_REFERENCED_MESSAGES.get(
+                    reason, f"{{kind}} still has {rows}; delete them first"
+                )
+                still[name] = Reference(kind, reason, message)
+    return missing, still
+
+
 # Insert or update of the referring row: the row the request refers to is missing.
-MISSING_REFERENCE: dict[str, Reference] = {
-    "projects_client_id_clients_id_fk": Reference(
-        "client", "CLIENT_NOT_FOUND", "{kind} does not exist"
-    ),
-    "sessions_client_id_clients_id_fk": Reference(
-        "client", "CLIENT_NOT_FOUND", "{kind} does not exist"
-    ),
-    "sessions_room_id_rooms_id_fk": Reference("room", "ROOM_NOT_FOUND", "{kind} does not exist"),
-    "sessions_project_id_projects_id_fk": Reference(
-        "project", "PROJECT_NOT_FOUND", "{kind} does not exist"
-    ),
-    "tracks_project_id_projects_id_fk": Reference(
-        "project", "PROJECT_NOT_FOUND", "{kind} does not exist"
-    ),
-}
 # A delete refused because rows still refer to the deleted one (ON DELETE RESTRICT).
-STILL_REFERENCED: dict[str, Reference] = {
-    "projects_client_id_clients_id_fk": Reference(
-        "client", "CLIENT_HAS_PROJECTS", "{kind} still has projects; delete them first"
-    ),
-    "sessions_client_id_clients_id_fk": Reference(
-        "client", "CLIENT_HAS_SESSIONS", "{kind} still has sessions; delete them first"
-    ),
-    "sessions_room_id_rooms_id_fk": Reference(
-        "room", "ROOM_HAS_SESSIONS", "{kind} still has sessions booked in it; delete them first"
-    ),
-    "tracks_project_id_projects_id_fk": Reference(
-        "project",
-        "PROJECT_HAS_TRACKS",
-        "{kind} has tracks; delete them first, or delete the project with force",
-    ),
-    "time_entries_session_id_sessions_id_fk": Reference(
-        "session", "SESSION_HAS_TIME_ENTRIES", "{kind} has time entries logged against it"
-    ),
-    "time_entries_project_id_projects_id_fk": Reference(
-        "project", "PROJECT_HAS_TIME_ENTRIES", "{kind} has time entries logged against it"
-    ),
-    "time_entries_track_id_tracks_id_fk": Reference(
-        "track", "TRACK_HAS_TIME_ENTRIES", "{kind} has time entries logged against it"
-    ),
-}
+MISSING_REFERENCE, STILL_REFERENCED = _references(tenant_metadata)
 
 BUSY_STUDIO = Rule(ResourceExhausted, "TOO_MANY_CALLS", "too many calls for this studio right now")
 UNSTORABLE = Rule(InvalidArgument, "UNSTORABLE_VALUE", "a value of the request cannot be stored")
@@ -170,8 +179,79 @@ CHECKS: dict[str, FieldViolation] = {
     "sessions_time_range_check": _message_rule(
         session_pb2.Session, "end_time.after_start_time", at="session"
     ),
+    "sessions_duration_check": _message_rule(
+        session_pb2.Session, "end_time.within_31_days", at="session"
+    ),
+    "sessions_deposit_check": _message_rule(
+        session_pb2.Session, "deposit_amount.not_above_total", at="session"
+    ),
+    "time_entries_time_range_check": _message_rule(
+        time_entry_pb2.TimeEntry, "end_time.not_before_start_time", at="time_entry"
+    ),
 }
 CHECK_VIOLATION = "23514"
+
+
+def _key(detail: str) -> dict[str, str]:
+    """The columns and values of "Key (a, b)=(1, 2) ...", as metadata keys: {"aId": ...}
+    for ids, camelCase for the rest."""
+    found = _KEY_VALUE.search(detail)
+    if found is None:
+        return {}
+    columns, values = found.group(1).split(", "), found.group(2).split(", ")
+    if len(columns) != len(values):
+        return {}
+    return {
+        id_key(c.removesuffix("_id")) if c.endswith("_id") else id_key(c).removesuffix("Id"): v
+        for c, v in zip(columns, values, strict=True)
+        if v != "null"
+    }
+
+
+def _room_booked(detail: str) -> tuple[str, dict[str, str]]:
+    """sessions_room_booking_excl's detail: the keys of the new row and of the row in the
+    way, each (room range, time range, '::' + id); the last address is the booked session's."""
+    metadata = {}
+    if room := re.search(r"=\(\[(\d+),", detail):
+        metadata["roomId"] = room.group(1)
+    holders = re.findall(r"(::[0-9a-fA-F:.]*)\)", detail)
+    with contextlib.suppress(ValueError, IndexError):
+        metadata["conflictingSessionId"] = str(int(ipaddress.IPv6Address(holders[-1])))
+    room_words = f"room {metadata['roomId']}" if "roomId" in metadata else "the room"
+    by = f" by session {metadata['conflictingSessionId']}" if len(metadata) == 2 else ""
+    return f"{room_words} is already booked at that time{by}; choose another time or room", metadata
+
+
+def _track_number_taken(detail: str) -> tuple[str, dict[str, str]]:
+    key = _key(detail)
+    if {"projectId", "trackNumber"} <= set(key):
+        return f"project {key['projectId']} already has a track {key['trackNumber']}", key
+    return "another track of the project has that number", key
+
+
+def _timer_running(detail: str) -> tuple[str, dict[str, str]]:
+    key = _key(detail)
+    context = ", ".join(f"{k.removesuffix('Id')} {v}" for k, v in key.items())
+    return f"a timer already runs for {context or 'that context'}; stop it first", key
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A unique or exclusion constraint that states a rule of the API: its reason, and what
+    to say, from PostgreSQL's detail (the key of the row in the way)."""
+
+    reason: str
+    explain: Callable[[str], tuple[str, dict[str, str]]]
+
+
+# By constraint (or unique index) name; tests/unit/test_error_mapping.py checks that each
+# is one of the Core metadata's (db/tables.py).
+TAKEN: dict[str, Taken] = {
+    "sessions_room_booking_excl": Taken("ROOM_ALREADY_BOOKED", _room_booked),
+    "tracks_project_id_track_number_key": Taken("TRACK_NUMBER_TAKEN", _track_number_taken),
+    "time_entries_running_timer_idx": Taken("TIMER_ALREADY_RUNNING", _timer_running),
+}
+TAKEN_SQLSTATES = {"23505", "23P01"}  # unique_violation, exclusion_violation
 
 # By exception type, for what is not a database error with a SQLSTATE; the first match
 # wins, so a subclass comes before its base (TimeoutError is an OSError).
@@ -220,15 +300,14 @@ def _reference_error(orig: psycopg.Error, *, deleting: bool) -> ApiError:
             metadata={"constraint": constraint},
         )
     found = _KEY_VALUE.search(orig.diag.message_detail or "")
+    words = reference.kind.replace("_", " ")
     if found is None:
-        return FailedPrecondition(
-            reference.reason, reference.message.format(kind=f"the {reference.kind}")
-        )
+        return FailedPrecondition(reference.reason, reference.message.format(kind=f"the {words}"))
     key = found.group(2)
     return FailedPrecondition(
         reference.reason,
-        reference.message.format(kind=f"{reference.kind} {key}"),
-        metadata={f"{reference.kind}Id": key},
+        reference.message.format(kind=f"{words} {key}"),
+        metadata={id_key(reference.kind): key},
     )
 
 
@@ -252,6 +331,11 @@ def error_from_exception(exc: BaseException, *, deleting: bool = False) -> ApiEr
     sqlstate = (orig.sqlstate if orig is not None else None) or ""
     if orig is not None and sqlstate in FOREIGN_KEY_SQLSTATES:
         return _reference_error(orig, deleting=deleting)
+    if orig is not None and sqlstate in TAKEN_SQLSTATES:
+        taken = TAKEN.get(orig.diag.constraint_name or "")
+        if taken is not None:
+            message, metadata = taken.explain(orig.diag.message_detail or "")
+            return FailedPrecondition(taken.reason, message, metadata=metadata)
     if orig is not None and sqlstate == CHECK_VIOLATION:
         violation = CHECKS.get(orig.diag.constraint_name or "")
         if violation is not None:

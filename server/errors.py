@@ -2,6 +2,8 @@
 
 Procedures and middleware raise these; only `server.error_mapping` turns them (and anything
 unexpected) into a `google.rpc.Status`. The hierarchy follows google.api_core.exceptions.
+A reason is a value of the proto enum studio.v1.ErrorReason (protos/studio/v1/error_reason.proto),
+the one list of them: an error with any other reason is a bug, refused where it is made.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from dataclasses import dataclass
 
 import grpc
 
+from studio.v1 import error_reason_pb2
+
 __all__ = [
+    "REASONS",
     "Aborted",
     "AlreadyExists",
     "ApiError",
@@ -25,7 +30,24 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "id_key",
 ]
+
+
+REASON_PREFIX = "ERROR_REASON_"
+# ErrorInfo.reason strings: the enum's value names without their prefix ("SESSION_NOT_FOUND").
+REASONS = frozenset(
+    name.removeprefix(REASON_PREFIX)
+    for name, number in error_reason_pb2.ErrorReason.items()
+    if number != error_reason_pb2.ERROR_REASON_UNSPECIFIED
+)
+
+
+def id_key(kind: str) -> str:
+    """The ErrorInfo metadata key of a resource's id: "session" -> "sessionId",
+    "task_type" -> "taskTypeId"."""
+    first, *rest = kind.split("_")
+    return first + "".join(word.title() for word in rest) + "Id"
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,8 @@ class ApiError(Exception):
         metadata: dict[str, str] | None = None,
         field_violations: tuple[FieldViolation, ...] = (),
     ) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"{reason!r} is not a value of studio.v1.ErrorReason")
         super().__init__(message)
         self.reason = reason
         self.message = message

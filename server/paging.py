@@ -47,10 +47,17 @@ def _query_hash(request: Message) -> bytes:
     return hashlib.sha256(filters.SerializeToString(deterministic=True)).digest()[:16]
 
 
-def encode_token(request: Message, last_id: int, last_time: datetime | None = None) -> str:
+def encode_token(
+    request: Message,
+    last_id: int,
+    last_time: datetime | None = None,
+    last_number: int | None = None,
+) -> str:
     token = PageToken(last_id=last_id, query_hash=_query_hash(request))
     if last_time is not None:
         token.last_time.FromDatetime(last_time)
+    if last_number is not None:
+        token.last_number = last_number
     return base64.urlsafe_b64encode(token.SerializeToString()).decode().rstrip("=")
 
 

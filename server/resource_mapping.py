@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from google.protobuf.message import Message
 from sqlalchemy import literal_column
 
-from server.errors import InvalidArgument
+from server.errors import FieldViolation, InvalidArgument
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -49,6 +49,8 @@ class Field:
     name: str
     kind: Kind
     column: str | None = None  # defaults to the field name
+    immutable: bool = False  # set on create only: an update may not write it (AIP-203)
+    output_only: bool = False  # read from its column (derived there), never written
 
     @property
     def column_name(self) -> str:
@@ -105,11 +107,12 @@ def _enum_names(field: Any) -> tuple[dict[int, str], dict[str, int]]:  # noqa: A
 class ResourceMapping(Generic[M]):
     """How a resource's fields become columns and back.
 
-    `example`: a valid resource whose fields are as permissive as their rules allow (the
-    widest time range, say). An update that writes some fields in one statement has them
-    validated laid over it (standard_methods.update_at_once): the rules of the fields it
-    leaves alone then have nothing to report, which is cheaper than reporting and dropping
-    it. tests/unit checks that each example is valid."""
+    `example`: a resource whose fields are as permissive as their rules allow, valid but
+    for required fields left unset where no value could be (a session's times: any start
+    refuses some end under the 31-day rule). An update that writes some fields in one
+    statement has them validated laid over it (standard_methods.update_at_once): the rules of
+    the fields it leaves alone then have (next to) nothing to report, which is cheaper than
+    reporting and dropping it. tests/unit checks each example."""
 
     def __init__(
         self,
@@ -122,7 +125,7 @@ class ResourceMapping(Generic[M]):
         self.message_type = message_type
         self.example = example
         self.table = table
-        self.fields = {f.name: f for f in fields}
+        self.fields = {f.name: f for f in fields if not f.output_only}  # the writable ones
         self.descriptors = {f.name: message_type.DESCRIPTOR.fields_by_name[f.name] for f in fields}
         self.enums = {
             f.name: _enum_names(self.descriptors[f.name]) for f in fields if f.kind is Kind.ENUM
@@ -131,8 +134,10 @@ class ResourceMapping(Generic[M]):
         self._writers = tuple(
             (f.name, f.column_name, self.descriptors[f.name].has_presence, self._writer(f))
             for f in fields
+            if not f.output_only
         )
-        missing = set(message_type.DESCRIPTOR.fields_by_name) - set(self.fields) - OUTPUT_ONLY
+        mapped = {f.name for f in fields}
+        missing = set(message_type.DESCRIPTOR.fields_by_name) - mapped - OUTPUT_ONLY
         assert not missing, f"{message_type.__name__}: fields without a column: {missing}"
 
     # -- row -> message ----------------------------------------------------------------------
@@ -208,12 +213,38 @@ class ResourceMapping(Generic[M]):
     # -- update masks (AIP-134) --------------------------------------------------------------
 
     def mask_paths(self, patch: M, mask: FieldMask | None) -> list[str]:
-        """The writable fields an update writes. Output-only paths are ignored (AIP-161)."""
+        """The writable fields an update writes. Output-only paths are ignored (AIP-161); a
+        path that is not a field of the message (its descriptor says, not a list kept by
+        hand), or an immutable field named or set, is INVALID_ARGUMENT."""
         if mask is None or not mask.paths:
-            return [name for name in self.fields if self.is_set(patch, name)]
-        if "*" in mask.paths:
-            return list(self.fields)
-        return [p for p in dict.fromkeys(mask.paths) if p in self.fields]
+            paths = [name for name in self.fields if self.is_set(patch, name)]
+        elif "*" in mask.paths:
+            paths = [name for name, f in self.fields.items() if not f.immutable]
+        else:
+            known = self.message_type.DESCRIPTOR.fields_by_name
+            unknown = [p for p in mask.paths if p not in known and p != "*"]
+            if unknown:
+                kind = self.message_type.DESCRIPTOR.full_name
+                self._refuse_mask(
+                    ", ".join(f'"{p}"' for p in unknown) + f" is not a field of {kind}",
+                    "FIELD_MASK_IN",  # the rule protovalidate's `field_mask.in` reported
+                )
+            paths = [p for p in dict.fromkeys(mask.paths) if p in self.fields]
+        fixed = [p for p in paths if self.fields[p].immutable]
+        if fixed:
+            self._refuse_mask(
+                f"{', '.join(fixed)} cannot change once created; create another instead",
+                "IMMUTABLE",
+            )
+        return paths
+
+    @staticmethod
+    def _refuse_mask(description: str, reason: str) -> None:
+        raise InvalidArgument(
+            "INVALID_ARGUMENT",
+            f"the request is invalid: update_mask: {description}",
+            field_violations=(FieldViolation("update_mask", description, reason),),
+        )
 
     def merged(self, current: M | None, patch: M, paths: list[str]) -> M:
         """The resource as it would be after the update, to validate as a whole; with no

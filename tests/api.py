@@ -19,6 +19,11 @@ from studio.v1 import (
     room_pb2_grpc,
     session_pb2,
     session_pb2_grpc,
+    task_type_pb2,
+    task_type_pb2_grpc,
+    time_entry_pb2_grpc,
+    track_pb2,
+    track_pb2_grpc,
 )
 
 
@@ -42,6 +47,9 @@ class Api:
         self.rooms = room_pb2_grpc.RoomServiceStub(self.channel)
         self.projects = project_pb2_grpc.ProjectServiceStub(self.channel)
         self.sessions = session_pb2_grpc.SessionServiceStub(self.channel)
+        self.tracks = track_pb2_grpc.TrackServiceStub(self.channel)
+        self.task_types = task_type_pb2_grpc.TaskTypeServiceStub(self.channel)
+        self.time = time_entry_pb2_grpc.TimeEntryServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -61,6 +69,17 @@ class Api:
         return self.projects.CreateProject(
             project_pb2.CreateProjectRequest(project=project), timeout=10
         ).project
+
+    def track(self, project_id: int, title: str = "Intro", **fields: Any) -> track_pb2.Track:
+        track = track_pb2.Track(project_id=project_id, title=title, **fields)
+        return self.tracks.CreateTrack(track_pb2.CreateTrackRequest(track=track), timeout=10).track
+
+    def task_type(
+        self, name: str = "Mixing", hourly_rate: str = "60.00", **fields: Any
+    ) -> task_type_pb2.TaskType:
+        task_type = task_type_pb2.TaskType(name=name, hourly_rate=hourly_rate, **fields)
+        request = task_type_pb2.CreateTaskTypeRequest(task_type=task_type)
+        return self.task_types.CreateTaskType(request, timeout=10).task_type
 
     def session(
         self,

@@ -15,6 +15,7 @@ from db.migrations.fleet import run_one
 from db.tenant_catalog import with_database
 from db.tenants import provision_tenant
 from tests.conftest import Databases
+from tests.migrating import LATEST, TENANT_VERSIONS
 
 STUDIO = str(Path(sys.executable).parent / "studio")
 
@@ -37,7 +38,7 @@ def test_status_exits_6_while_files_are_pending_and_0_once_applied(fresh_db: str
     assert status.returncode == 6, status.stderr
     [report, summary] = json_lines(status.stdout)
     assert report["status"] == "pending"
-    assert report["pending"] == list(range(1, 9))
+    assert report["pending"] == TENANT_VERSIONS
     assert summary == {"summary": {"databases": 1, "by_status": {"pending": 1}, "exit_code": 6}}
 
     up = studio("migrate", "up", "--database-url", fresh_db)
@@ -88,13 +89,13 @@ async def test_the_fleet_run_migrates_every_tenant_and_reports_each_failure(
     with psycopg.connect(databases.server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{gone.database_name}" WITH (FORCE)')
     behind_url = with_database(databases.server_url, behind.database_name)
-    with psycopg.connect(behind_url, autocommit=True) as conn:  # as if 0008 never ran
-        conn.execute("ALTER TABLE sessions DROP COLUMN project_id")
-        conn.execute("DELETE FROM studio_migrate.history WHERE version = 8")
+    with psycopg.connect(behind_url, autocommit=True) as conn:  # as if the latest never ran
+        # (every built-in file is safe to run again over what it made: only its record goes)
+        conn.execute("DELETE FROM studio_migrate.history WHERE version = %s", (LATEST,))
 
     status = studio("migrate", "status", "--json", master_url=master_url)
     by_target = {r["target"]: r for r in json_lines(status.stdout)[:-1]}
-    assert by_target["tenant behind-studio"]["pending"] == [8]
+    assert by_target["tenant behind-studio"]["pending"] == [LATEST]
     assert status.returncode == 4  # one tenant is unreachable: that outranks "pending"
 
     result = studio("migrate", "up", "--json", master_url=master_url)
@@ -106,7 +107,7 @@ async def test_the_fleet_run_migrates_every_tenant_and_reports_each_failure(
     assert by_target[f"tenant {healthy.slug}"]["status"] == "up-to-date"
     assert by_target[f"tenant {gone.slug}"]["status"] == "unreachable"
     assert by_target[f"tenant {behind.slug}"]["status"] == "applied"
-    assert by_target[f"tenant {behind.slug}"]["applied"] == [8]
+    assert by_target[f"tenant {behind.slug}"]["applied"] == [LATEST]
     assert reports[-1]["summary"]["by_status"] == {  # type: ignore[index]
         "up-to-date": 2,
         "unreachable": 1,

@@ -19,9 +19,11 @@ from db.migrations.runner import Status
 from db.tenant_catalog import with_database
 from db.tenants import provision_tenant
 from tests.conftest import RUN_ID, Databases
+from tests.migrating import LATEST, next_file
 from tests.polling import wait_until
 from tests.serving import STUDIO
 
+NEXT = LATEST + 1
 SLOW = 0.4  # seconds a test migration sleeps, so that runs overlap
 
 
@@ -56,7 +58,7 @@ def fleet_setup(
     request: pytest.FixtureRequest,
 ) -> FleetSetup:
     """A master on the test server, three tenants there and three on the second server, all
-    at version 8, and a tenant folder (built-in files) a test can add files to."""
+    at the latest version, and a tenant folder (built-in files) a test can add files to."""
     master_url = databases.create("fleet")
     label = request.node.name.split("[")[0][5:17].replace("_", "-").strip("-")
 
@@ -105,7 +107,7 @@ async def _peak_connections(setup: FleetSetup, stop: asyncio.Event) -> dict[str,
 async def test_a_fleet_run_reaches_every_tenant_on_both_servers_within_its_bounds(
     fleet_setup: FleetSetup,
 ) -> None:
-    _add(fleet_setup, "0009_add_session_tags.sql",
+    _add(fleet_setup, next_file("add_session_tags"),
          f"SELECT pg_sleep({SLOW});\nALTER TABLE sessions ADD COLUMN tags text[];\n")  # fmt: skip
     stop = asyncio.Event()
     sampler = asyncio.create_task(_peak_connections(fleet_setup, stop))
@@ -117,11 +119,11 @@ async def test_a_fleet_run_reaches_every_tenant_on_both_servers_within_its_bound
     tenants = reports[1:]
     assert len(tenants) == 6
     assert {r.status for r in tenants} == {Status.APPLIED}
-    assert all(r.applied == [9] and (r.before, r.after) == (8, 9) for r in tenants)
+    assert all(r.applied == [NEXT] and (r.before, r.after) == (LATEST, NEXT) for r in tenants)
     assert len({r.server for r in tenants}) == 2
     assert all(1 <= peak <= 2 for peak in peaks.values()), peaks  # --max-per-server 2
     for url in fleet_setup.tenants.values():
-        assert _version(url) == 9
+        assert _version(url) == NEXT
 
 
 async def test_one_tenant_failing_half_way_changes_nothing_there_and_stops_no_one(
@@ -130,7 +132,7 @@ async def test_one_tenant_failing_half_way_changes_nothing_there_and_stops_no_on
     broken_slug, broken_url = next(iter(fleet_setup.tenants.items()))
     with psycopg.connect(broken_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE session_tags (id int)")  # in the way of line 3
-    _add(fleet_setup, "0009_add_tags.sql",
+    _add(fleet_setup, next_file("add_tags"),
          "ALTER TABLE sessions ADD COLUMN tags text[];\n\n"
          "CREATE TABLE session_tags (session_id bigint, tag text);\n")  # fmt: skip
     report_file = tmp_path / "report.jsonl"
@@ -142,7 +144,7 @@ async def test_one_tenant_failing_half_way_changes_nothing_there_and_stops_no_on
     by_target = {e["target"]: e for e in entries if "target" in e}
     failed = by_target[f"tenant {broken_slug}"]
     assert failed["status"] == "failed"
-    assert failed["error"]["file"] == "0009_add_tags.sql"
+    assert failed["error"]["file"] == next_file("add_tags")
     assert failed["error"]["line"] == 3
     assert failed["error"]["sqlstate"] == "42P07"
     assert failed["server"]
@@ -166,10 +168,13 @@ async def test_one_tenant_failing_half_way_changes_nothing_there_and_stops_no_on
 async def test_fleet_runners_started_together_apply_each_file_exactly_once(
     fleet_setup: FleetSetup,
 ) -> None:
-    _add(fleet_setup, "0009_slow.sql", f"SELECT pg_sleep({SLOW});\nCREATE TABLE nine (id int);\n")
+    _add(fleet_setup, next_file("slow"), f"SELECT pg_sleep({SLOW});\nCREATE TABLE nine (id int);\n")
     runs = await asyncio.gather(*(fleet_setup.fleet(jobs=3).run() for _ in range(3)))
     for url in fleet_setup.tenants.values():
-        assert _one(url, "SELECT count(*) FROM studio_migrate.history WHERE version = 9") == 1
+        assert (
+            _one(url, "SELECT count(*) FROM studio_migrate.history WHERE version = %s", (NEXT,))
+            == 1
+        )
     applied = [r for run in runs for r in run[1:] if r.applied]
     assert sorted(r.target for r in applied) == sorted(f"tenant {s}" for s in fleet_setup.tenants)
     assert all(r.status in {Status.APPLIED, Status.UP_TO_DATE} for run in runs for r in run)
@@ -186,7 +191,7 @@ async def test_policies_stop_starting_tenants_after_failures(
     for slug in failing:
         with psycopg.connect(fleet_setup.tenants[slug], autocommit=True) as conn:
             conn.execute("CREATE TABLE nine (id int)")
-    _add(fleet_setup, "0009_nine.sql", "CREATE TABLE nine (id int);\n")
+    _add(fleet_setup, next_file("nine"), "CREATE TABLE nine (id int);\n")
     flags = {
         "on_error_stop": ["--jobs", "1", "--on-error", "stop"],
         "max_failures": ["--jobs", "1", "--max-failures", "2"],
@@ -214,7 +219,7 @@ async def test_an_unreachable_tenant_is_reported_and_the_others_migrate(
             " WHERE organization_id = (SELECT id FROM organizations WHERE slug = %s)",
             (slug,),
         )
-    _add(fleet_setup, "0009_nine.sql", "CREATE TABLE nine (id int);\n")
+    _add(fleet_setup, next_file("nine"), "CREATE TABLE nine (id int);\n")
     reports = {r.target: r for r in await fleet_setup.fleet().run()}
     assert reports[f"tenant {slug}"].status is Status.UNREACHABLE
     assert sum(r.status is Status.APPLIED for r in reports.values()) == 5
@@ -223,7 +228,7 @@ async def test_an_unreachable_tenant_is_reported_and_the_others_migrate(
 def test_status_all_reads_the_fleet_from_a_role_that_cannot_write(
     fleet_setup: FleetSetup, databases: Databases
 ) -> None:
-    _add(fleet_setup, "0009_nine.sql", "CREATE TABLE nine (id int);\n")
+    _add(fleet_setup, next_file("nine"), "CREATE TABLE nine (id int);\n")
     behind = next(iter(fleet_setup.tenants.values()))
     role = f"{databases.name('reader')}_role"
     with psycopg.connect(databases.server_url, autocommit=True) as conn:
@@ -243,13 +248,13 @@ def test_status_all_reads_the_fleet_from_a_role_that_cannot_write(
             conn.execute(f"DROP ROLE {role}")
     assert result.returncode == 6, result.stdout + result.stderr
     assert "3 of 4 databases behind or broken" in result.stdout
-    assert _version(behind) == 8  # status changed nothing
+    assert _version(behind) == LATEST  # status changed nothing
 
 
 def test_sigint_stops_starting_tenants_and_rolls_back_the_one_in_flight(
     fleet_setup: FleetSetup, tmp_path: Path
 ) -> None:
-    _add(fleet_setup, "0009_slow.sql", "CREATE TABLE nine (id int);\nSELECT pg_sleep(30);\n")
+    _add(fleet_setup, next_file("slow"), "CREATE TABLE nine (id int);\nSELECT pg_sleep(30);\n")
     report_file = tmp_path / "report.jsonl"
     env = {**os.environ, "STUDIO_DATABASE_URL": fleet_setup.master_url}
     process = subprocess.Popen(
@@ -282,7 +287,7 @@ def test_sigint_stops_starting_tenants_and_rolls_back_the_one_in_flight(
 
 
 def test_on_a_terminal_a_fleet_run_shows_a_live_progress_bar(fleet_setup: FleetSetup) -> None:
-    _add(fleet_setup, "0009_nine.sql", "CREATE TABLE nine (id int);\n")
+    _add(fleet_setup, next_file("nine"), "CREATE TABLE nine (id int);\n")
     primary, secondary = os.openpty()  # stderr is a terminal, as for an operator
     env = {**os.environ, "STUDIO_DATABASE_URL": fleet_setup.master_url}
     process = subprocess.Popen(

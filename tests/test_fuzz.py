@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from server.routers import ROUTERS
+from studio.v1 import time_entry_pb2
 from tests.api import Api
 from tests.conftest import ApiServer, Tenant
 
@@ -102,7 +103,15 @@ def _fingerprint(url: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         return [
             conn.execute(f"SELECT count(*), coalesce(sum(version), 0) FROM {table}").fetchone()
-            for table in ("clients", "rooms", "projects", "sessions", "tracks")
+            for table in (
+                "clients",
+                "rooms",
+                "projects",
+                "sessions",
+                "tracks",
+                "task_types",
+                "time_entries",
+            )
         ]  # type: ignore[misc]
 
 
@@ -114,9 +123,16 @@ def fuzz_target(api_server: ApiServer) -> Iterator[tuple[Api, Tenant]]:
     tenant = api_server.new_tenant("fuzz")
     api = api_server.api(tenant.key)
     try:
-        client = api.client("Fuzz client")  # a few rows, so that ids 1..3 exist
+        client = api.client("Fuzz client")  # a few rows of each, so that ids 1..3 exist
         room = api.room("Fuzz room")
-        api.session(client.id, room.id, project_id=api.project(client.id).id)
+        project = api.project(client.id)
+        session = api.session(client.id, room.id, project_id=project.id)
+        track = api.track(project.id, "Fuzz track", track_number=1)
+        task_type = api.task_type("Fuzz work")
+        for context in ({"session_id": session.id}, {"track_id": track.id}):
+            api.time.StartTimer(
+                time_entry_pb2.StartTimerRequest(task_type_id=task_type.id, **context), timeout=10
+            )
         yield api, tenant
     finally:
         api.close()

@@ -102,6 +102,96 @@ def test_buf_curl_shows_error_details_decoded(api_server: ApiServer, studio: Ten
     assert {"session.room_id", "session.title"} <= {v["field"] for v in readable["fieldViolations"]}
 
 
+def test_grpcurl_reaches_every_procedure_of_tracks_time_and_rollups(
+    api_server: ApiServer,
+) -> None:
+    """Through reflection alone, as an operator would: each of them, in the order of a day's
+    work (JSON in, JSON out with the protos' field names; ids as strings, oneof members by
+    their own name)."""
+    tenant = api_server.new_tenant("grpcurl")
+    auth = ("-H", f"authorization: Bearer {tenant.key}")
+
+    def call(method: str, body: dict[str, object]) -> dict[str, object]:
+        done = _grpcurl(api_server, f"studio.v1.{method}", flags=(*auth, "-d", json.dumps(body)))
+        assert done.returncode == 0, (method, done.stderr)
+        return json.loads(done.stdout or "{}")  # type: ignore[no-any-return]
+
+    def made(method: str, body: dict[str, object], kind: str) -> str:
+        return str(call(method, body)[kind]["id"])  # type: ignore[index]
+
+    client = made("ClientService/CreateClient", {"client": {"name": "Nina"}}, "client")
+    room = made("RoomService/CreateRoom", {"room": {"name": "A"}}, "room")
+    project = made(
+        "ProjectService/CreateProject",
+        {"project": {"clientId": client, "name": "Album"}},
+        "project",
+    )
+    session = made(
+        "SessionService/CreateSession",
+        {
+            "session": {
+                "clientId": client,
+                "roomId": room,
+                "projectId": project,
+                "title": "Drums",
+                "startTime": "2027-03-01T10:00:00Z",
+                "endTime": "2027-03-01T13:00:00Z",
+            }
+        },
+        "session",
+    )
+    track = made(
+        "TrackService/CreateTrack",
+        {"track": {"projectId": project, "title": "Intro", "trackNumber": 1}},
+        "track",
+    )
+    call("TrackService/GetTrack", {"id": track})
+    call("TrackService/UpdateTrack", {"track": {"id": track, "bpm": 96}})
+    assert [t["id"] for t in call("TrackService/ListTracks", {"projectId": project})["tracks"]] == [
+        track
+    ]  # type: ignore[union-attr]
+    mixing = made(
+        "TaskTypeService/CreateTaskType",
+        {"task_type": {"name": "Mixing", "hourlyRate": "60.00"}},
+        "task_type",
+    )
+    call("TaskTypeService/GetTaskType", {"id": mixing})
+    call("TaskTypeService/UpdateTaskType", {"task_type": {"id": mixing, "sortOrder": 1}})
+    call("TaskTypeService/ListTaskTypes", {})
+    timer = made(
+        "TimeEntryService/StartTimer", {"taskTypeId": mixing, "trackId": track}, "time_entry"
+    )
+    assert call("TimeEntryService/GetActiveTimer", {"trackId": track})["time_entry"]["id"] == timer  # type: ignore[index]
+    call("TimeEntryService/StopTimer", {"id": timer})
+    logged = made(
+        "TimeEntryService/CreateTimeEntry",
+        {
+            "time_entry": {
+                "taskTypeId": mixing,
+                "sessionId": session,
+                "startTime": "2027-03-01T10:00:00Z",
+                "endTime": "2027-03-01T11:30:00Z",
+            }
+        },
+        "time_entry",
+    )
+    call("TimeEntryService/UpdateTimeEntry", {"time_entry": {"id": logged, "notes": "overdubs"}})
+    assert call("TimeEntryService/GetTimeEntry", {"id": logged})["time_entry"]["manually_adjusted"]  # type: ignore[index]
+    listed = call(
+        "TimeEntryService/ListTimeEntries", {"projectId": project, "includeSessionsAndTracks": True}
+    )
+    assert listed["totals"]["minutes"] == "90"  # type: ignore[index]
+    summary = call("ProjectService/GetProjectSummary", {"id": project})["summary"]
+    assert summary["sessions"]["booked_hours"] == "3.00"  # type: ignore[index]
+    assert summary["amounts"]["time_billable"] == "90.00"  # type: ignore[index]
+    [hours] = call("ClientService/ListClientProjects", {"clientId": client})["projects"]  # type: ignore[misc]
+    assert hours["tracked_hours"] == "1.50"
+    call("TimeEntryService/DeleteTimeEntry", {"id": logged})
+    call("TimeEntryService/DeleteTimeEntry", {"id": timer})
+    call("TrackService/DeleteTrack", {"id": track})
+    call("TaskTypeService/DeleteTaskType", {"id": mixing})
+
+
 def test_buf_curl_calls_over_connect_and_grpc_web_and_reads_error_details(
     api_server: ApiServer, studio: Tenant
 ) -> None:

@@ -16,11 +16,13 @@ import pytest
 
 from db.migrations.files import load_migrations
 from db.migrations.runner import LOCK_KEY, Status, run_database
-from tests.migrating import CopyMigrations
+from tests.migrating import LATEST, CopyMigrations, next_file
 from tests.polling import wait_until
 from tests.serving import STUDIO
 from tests.silent_server import SilentServer
 from tests.test_fleet import FleetSetup, fleet_setup  # noqa: F401 (a fixture)
+
+NINE = next_file("nine")
 
 SIGNAL_BOUND = 15.0  # seconds: the CLI promises 10 after a signal, whatever it waits on
 
@@ -87,7 +89,7 @@ def test_sigterm_ends_a_fleet_run_waiting_for_a_lock_and_for_slots(
     fleet_setup: FleetSetup,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    (fleet_setup.tenant_dir / "0009_nine.sql").write_text("CREATE TABLE nine (id int);\n")
+    (fleet_setup.tenant_dir / NINE).write_text("CREATE TABLE nine (id int);\n")
     first = next(iter(fleet_setup.tenants.values()))
     report = tmp_path / "report.jsonl"
     with psycopg.connect(first, autocommit=True) as holder:  # another runner holds the lock
@@ -100,9 +102,10 @@ def test_sigterm_ends_a_fleet_run_waiting_for_a_lock_and_for_slots(
         )  # fmt: skip
 
         def polling_the_lock() -> bool:
-            query = (
+            query = (  # in this tenant's database: the master's runner polls its own too
                 "SELECT count(*) FROM pg_stat_activity WHERE query LIKE"
                 " '%%pg_try_advisory_lock%%' AND pid <> pg_backend_pid()"
+                " AND datname = current_database()"
             )
             return bool(_one(first, query))
 
@@ -119,10 +122,10 @@ def test_sigterm_ends_a_fleet_run_waiting_for_a_lock_and_for_slots(
 
 
 def _drift(url: str) -> None:
-    """As if 0008 had been applied with other contents there."""
+    """As if the latest file had been applied with other contents there."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE studio_migrate.history SET checksum = 'sha256:0'"
-                     ", checksum_loose = 'sha256:0' WHERE version = 8")  # fmt: skip
+                     ", checksum_loose = 'sha256:0' WHERE version = %s", (LATEST,))  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -148,14 +151,12 @@ def test_the_exit_code_says_what_happened_for_each_mix(
     if "drifted" in case:
         _drift(url)
     if "migrated" in case or "pending" in case:
-        (fleet_setup.tenant_dir / "0009_nine.sql").write_text("CREATE TABLE nine (id int);\n")
+        (fleet_setup.tenant_dir / NINE).write_text("CREATE TABLE nine (id int);\n")
     if "failed" in case:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE nine (id int)")
     if "refuses" in case:
-        (fleet_setup.tenant_dir / "0009_nine.sql").write_text(
-            "CREATE TABLE nine (id int);\nCOMMIT WORK;\n"
-        )
+        (fleet_setup.tenant_dir / NINE).write_text("CREATE TABLE nine (id int);\nCOMMIT WORK;\n")
     if "unreachable" in case:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
@@ -177,7 +178,9 @@ def test_the_exit_code_says_what_happened_for_each_mix(
         )
     if "drifted" in case:
         [drifted] = [e for e in tenants if e["tenant"] == slug]
-        assert f"`studio migrate repair --accept 8 --tenant {slug}`" in str(drifted["problems"])
+        assert f"`studio migrate repair --accept {LATEST} --tenant {slug}`" in str(
+            drifted["problems"]
+        )
 
 
 def test_the_repair_a_drift_message_names_brings_the_tenant_back(
@@ -186,7 +189,7 @@ def test_the_repair_a_drift_message_names_brings_the_tenant_back(
     slug, url = next(iter(fleet_setup.tenants.items()))
     _drift(url)
     assert fleet_setup.studio("up").returncode == 2
-    repaired = fleet_setup.studio("repair", "--accept", "8", "--tenant", slug, "--json")
+    repaired = fleet_setup.studio("repair", "--accept", str(LATEST), "--tenant", slug, "--json")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert _lines(repaired.stdout)[0]["status"] == "repaired"
     assert fleet_setup.studio("up").returncode == 0
@@ -198,7 +201,7 @@ def test_status_shows_the_failure_a_run_recorded_instead_of_behind(
     slug, url = next(iter(fleet_setup.tenants.items()))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE nine (id int)")
-    (fleet_setup.tenant_dir / "0009_nine.sql").write_text("\nCREATE TABLE nine (id int);\n")
+    (fleet_setup.tenant_dir / NINE).write_text("\nCREATE TABLE nine (id int);\n")
     assert fleet_setup.studio("up").returncode == 4
 
     table = fleet_setup.studio("status")
@@ -207,13 +210,13 @@ def test_status_shows_the_failure_a_run_recorded_instead_of_behind(
     assert table.returncode == 4, table.stdout + table.stderr
     table_part = table.stdout[table.stdout.index("\ndatabase ") :]  # after the per-database lines
     [line] = [line for line in table_part.splitlines() if line.startswith(f"tenant {slug} ")]
-    assert 'failed: 0009_nine.sql:2: relation "nine" already exists (SQLSTATE 42P07) at ' in line
+    assert f'failed: {NINE}:2: relation "nine" already exists (SQLSTATE 42P07) at ' in line
     assert "behind" not in line
     [entry] = [e for e in _lines(as_json.stdout)[:-1] if e.get("tenant") == slug]
     assert entry["status"] == "failed"
     error = entry["error"]
     assert isinstance(error, dict)
-    assert (error["file"], error["line"], error["sqlstate"]) == ("0009_nine.sql", 2, "42P07")
+    assert (error["file"], error["line"], error["sqlstate"]) == (NINE, 2, "42P07")
     assert error["at"]
 
 
@@ -289,7 +292,7 @@ PLACEHOLDER_FILE = (
 def test_placeholders_are_rendered_for_each_tenant_and_checksummed_once(
     fleet_setup: FleetSetup,  # noqa: F811
 ) -> None:
-    (fleet_setup.tenant_dir / "0009_per_tenant.sql").write_text(PLACEHOLDER_FILE)
+    (fleet_setup.tenant_dir / next_file("per_tenant")).write_text(PLACEHOLDER_FILE)
     result = fleet_setup.studio("up", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     sums = set()
@@ -300,18 +303,18 @@ def test_placeholders_are_rendered_for_each_tenant_and_checksummed_once(
                        (slug,))  # fmt: skip
             assert row == (slug, org, conn.info.dbname)
             sums.add(conn.execute("SELECT checksum FROM studio_migrate.history"
-                                  " WHERE version = 9").fetchone())  # fmt: skip
+                                  " WHERE version = %s", (LATEST + 1,)).fetchone())  # fmt: skip
     [(stored,)] = sums  # one checksum, of the file as written
-    [file] = [f for f in load_migrations(fleet_setup.tenant_dir)[0] if f.version == 9]
+    [file] = [f for f in load_migrations(fleet_setup.tenant_dir)[0] if f.version == LATEST + 1]
     assert stored == file.checksum
 
     # one database by its URL knows no tenant: refused, naming the way that does
     url = next(iter(fleet_setup.tenants.values()))
-    (fleet_setup.tenant_dir / "0010_again.sql").write_text("SELECT ${tenant_id};\n")
+    (fleet_setup.tenant_dir / next_file("again", step=2)).write_text("SELECT ${tenant_id};\n")
     refused = _studio("migrate", "up", "--database-url", url,
                       "--migrations-dir", str(fleet_setup.tenant_dir))  # fmt: skip
     assert refused.returncode == 2
-    assert "0010_again.sql: uses placeholders" in refused.stdout
+    assert f"{next_file('again', step=2)}: uses placeholders" in refused.stdout
 
 
 async def test_a_placeholder_value_cannot_break_out_of_its_quotes(

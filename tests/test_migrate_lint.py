@@ -24,14 +24,14 @@ def write(folder: Path, name: str, text: str) -> Path:
 def test_the_built_in_files_pass_and_say_why_where_they_break_a_rule() -> None:
     code, lines, err = lint(ROOT / "migrations_sql")
     assert (code, lines) == (0, []), err
-    assert "0 finding(s) in 12 file(s)" in err
+    assert f"0 finding(s) in {len(list((ROOT / 'migrations_sql').rglob('*.sql')))} file(s)" in err
     allowed = [
         line
         for path in sorted((ROOT / "migrations_sql").rglob("*.sql"))
         for line in path.read_text().splitlines()
         if line.startswith("-- lint: allow")
     ]
-    assert len(allowed) == 7  # 0004, 0007 and 0008, each with its reason
+    assert len(allowed) == 11  # 0004, 0007, 0008, 0009 and 0011, each with its reason
     assert all(" because " in line for line in allowed)
 
 

@@ -11,9 +11,10 @@ from db.migrations.fleet import run_one
 from db.tenant_catalog import with_database
 from db.tenants import TenantSpec, provision_tenants
 from tests.conftest import Databases
+from tests.migrating import LATEST, next_file
 from tests.test_cli_migrate import json_lines, studio
 
-NEW_FILE = "0009_add_sessions_note.sql"
+NEW_FILE = next_file("add_sessions_note")
 
 
 def _tenants(output: str) -> list[str]:
@@ -31,10 +32,11 @@ async def _fleet(databases: Databases, names: list[str]) -> tuple[str, dict[str,
     return master_url, urls
 
 
-def _applied_9(url: str) -> int:
+def _applied_new(url: str) -> int:
+    """Whether the new file (the one after the built-in ones) was applied there: 1 or 0."""
     with psycopg.connect(url) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM studio_migrate.history WHERE version = 9"
+            "SELECT count(*) FROM studio_migrate.history WHERE version = %s", (LATEST + 1,)
         ).fetchone()
     assert row is not None
     return int(row[0])
@@ -55,16 +57,16 @@ async def test_parts_cover_the_fleet_once_and_keep_their_tenants_as_it_grows(
         reports = json_lines(result.stdout)
         assert reports[0]["target"] == "master"  # every part brings the master up first
         shares[k] = _tenants(result.stdout)
-        assert all(r["applied"] == [9] for r in reports[1:-1])
-        # this part's tenants have 0009 now; the tenants of the parts still to run do not
+        assert all(r["applied"] == [LATEST + 1] for r in reports[1:-1])
+        # this part's tenants have the new file now; the tenants of the parts still to run do not
         done = {t for j in range(1, k + 1) for t in shares[j]}
-        assert {t for t, url in urls.items() if _applied_9(url) == 1} == done
+        assert {t for t, url in urls.items() if _applied_new(url) == 1} == done
 
     every = [t for k in (1, 2, 3) for t in shares[k]]
     assert sorted(every) == sorted(urls)  # no gap, and (with the count) no overlap
     assert len(every) == len(set(every))
     assert all(shares.values()), shares  # 12 tenants in 3 shares: none empty here
-    assert all(_applied_9(url) == 1 for url in urls.values())  # each migrated once
+    assert all(_applied_new(url) == 1 for url in urls.values())  # each migrated once
 
     # The same split on the next run, and for `status`; new tenants do not move the old ones.
     await _more(master_url, ["Part Studio 12", "Part Studio 13"], folder)

@@ -10,9 +10,10 @@ import pytest
 from db.migrations.files import checksum, load_migrations, migrations_dir, normalize
 from db.migrations.fleet import run_one
 from db.migrations.runner import LOCK_KEY, Status
-from tests.migrating import CopyMigrations, migrate_up
+from tests.migrating import LATEST, TENANT_VERSIONS, CopyMigrations, migrate_up, next_file
 
-ALL_TENANT_VERSIONS = list(range(1, 9))
+ALL_TENANT_VERSIONS = TENANT_VERSIONS
+NEXT = LATEST + 1
 
 
 async def _fetch(url: str, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -23,7 +24,7 @@ async def _fetch(url: str, query: str, params: tuple[object, ...] = ()) -> list[
 async def test_up_applies_every_file_once_and_records_each(fresh_db: str) -> None:
     report = await migrate_up(fresh_db)
     assert report.status is Status.APPLIED
-    assert (report.before, report.after, report.applied) == (None, 8, ALL_TENANT_VERSIONS)
+    assert (report.before, report.after, report.applied) == (None, LATEST, ALL_TENANT_VERSIONS)
 
     rows = await _fetch(
         fresh_db,
@@ -36,7 +37,7 @@ async def test_up_applies_every_file_once_and_records_each(fresh_db: str) -> Non
     ]
 
     again = await migrate_up(fresh_db)
-    assert (again.status, again.applied, again.before) == (Status.UP_TO_DATE, [], 8)
+    assert (again.status, again.applied, again.before) == (Status.UP_TO_DATE, [], LATEST)
 
 
 async def test_a_failed_file_leaves_no_trace_and_a_fixed_rerun_needs_no_force(
@@ -149,18 +150,18 @@ async def test_runners_started_together_apply_each_file_exactly_once(
 ) -> None:
     folder = tenant_migrations()
     # a slow last file keeps the lock held while the other runners poll for it
-    (folder / "0009_slow.sql").write_text("SELECT pg_sleep(1);\n")
+    (folder / next_file("slow")).write_text("SELECT pg_sleep(1);\n")
 
     reports = await asyncio.gather(*(migrate_up(fresh_db, folder) for _ in range(4)))
 
     statuses = sorted(r.status for r in reports)
     assert statuses == [Status.APPLIED, *[Status.UP_TO_DATE] * 3]
     [winner] = [r for r in reports if r.status is Status.APPLIED]
-    assert winner.applied == [*ALL_TENANT_VERSIONS, 9]
+    assert winner.applied == [*ALL_TENANT_VERSIONS, NEXT]
     rows = await _fetch(
         fresh_db, "SELECT version, count(*) FROM studio_migrate.history GROUP BY version"
     )
-    assert sorted(rows) == [(v, 1) for v in [*ALL_TENANT_VERSIONS, 9]]
+    assert sorted(rows) == [(v, 1) for v in [*ALL_TENANT_VERSIONS, NEXT]]
 
 
 async def test_a_runner_gives_up_when_the_lock_is_held_too_long(fresh_db: str) -> None:
@@ -185,7 +186,7 @@ async def test_a_database_built_without_the_runner_needs_a_baseline(
     baseline = await run_one(fresh_db, "tenant", mode="baseline", baseline_version=7)
     assert (baseline.status, baseline.applied) == (Status.BASELINED, list(range(1, 8)))
     report = await migrate_up(fresh_db)
-    assert (report.status, report.applied) == (Status.APPLIED, [8])
+    assert (report.status, report.applied) == (Status.APPLIED, list(range(8, LATEST + 1)))
 
 
 async def test_status_reports_pending_files_and_changes_nothing(fresh_db: str) -> None:
@@ -221,8 +222,8 @@ async def test_tenant_at_0007_with_sessions_is_migrated_to_0008_and_keeps_them(
             " FROM generate_series(1, 5) AS n"
         )
 
-    report = await migrate_up(fresh_db)  # the built-in folder: 0008 is new
-    assert (report.status, report.applied) == (Status.APPLIED, [8])
+    report = await migrate_up(fresh_db)  # the built-in folder: 0008 and later are new
+    assert (report.status, report.applied) == (Status.APPLIED, list(range(8, LATEST + 1)))
 
     assert await _fetch(fresh_db, "SELECT count(*), count(project_id) FROM sessions") == [(5, 0)]
     [(fk,)] = await _fetch(

@@ -14,8 +14,10 @@ import psycopg
 
 from db.migrations.fleet import run_one
 from db.migrations.runner import Status
-from tests.migrating import CopyMigrations, migrate_up
+from tests.migrating import LATEST, CopyMigrations, migrate_up, next_file
 from tests.serving import STUDIO
+
+NEXT = LATEST + 1
 
 
 def _fetch(url: str, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -37,7 +39,7 @@ async def test_a_concurrent_index_runs_outside_a_transaction_and_resumes_after_a
     assert (await migrate_up(fresh_db, folder)).status is Status.APPLIED
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         conn.execute("INSERT INTO clients (name, email) VALUES ('A', 'x@y'), ('B', 'x@y')")
-    (folder / "0009_unique_client_email.sql").write_text(
+    (folder / next_file("unique_client_email")).write_text(
         "-- migrate: no-transaction\n"
         "CREATE TABLE email_audit (note text);\n"
         "INSERT INTO email_audit VALUES ('before the index');\n"
@@ -61,14 +63,15 @@ async def test_a_concurrent_index_runs_outside_a_transaction_and_resumes_after_a
         conn.execute("DROP INDEX CONCURRENTLY clients_email_key")
         conn.execute("UPDATE clients SET email = 'b@y' WHERE name = 'B'")
     resumed = await migrate_up(fresh_db, folder)
-    assert (resumed.status, resumed.applied) == (Status.APPLIED, [9])
+    assert (resumed.status, resumed.applied) == (Status.APPLIED, [NEXT])
     assert _index_is_valid(fresh_db, "clients_email_key") is True
     # statements 1 and 2 ran once: the resume started at statement 3
     assert _fetch(fresh_db, "SELECT count(*) FROM email_audit") == [(1,)]
     assert _fetch(
         fresh_db,
         "SELECT status, statements_done, statements_total FROM studio_migrate.history"
-        " WHERE version = 9",
+        " WHERE version = %s",
+        (NEXT,),
     ) == [("applied", 2, 3)]
 
 
@@ -76,14 +79,14 @@ async def test_a_concurrent_only_statement_in_a_transactional_file_is_refused_up
     fresh_db: str, tenant_migrations: CopyMigrations
 ) -> None:
     folder = tenant_migrations()
-    (folder / "0009_index.sql").write_text(
+    (folder / next_file("index")).write_text(
         "CREATE TABLE t9 (id int);\nCREATE INDEX CONCURRENTLY t9_id_idx ON t9 (id);\n"
     )
     report = await migrate_up(fresh_db, folder)
     assert report.status is Status.REFUSED
     assert report.problems == [
-        "0009_index.sql:2: CREATE INDEX CONCURRENTLY cannot run inside a transaction; put it"
-        " in a file with `-- migrate: no-transaction`"
+        f"{next_file('index')}:2: CREATE INDEX CONCURRENTLY cannot run inside a transaction;"
+        " put it in a file with `-- migrate: no-transaction`"
     ]
     assert _fetch(fresh_db, "SELECT to_regclass('clients')") == [(None,)]  # nothing ran at all
 
@@ -97,7 +100,7 @@ async def test_a_concurrent_index_build_while_another_runner_waits_finishes_vali
         conn.execute(
             "INSERT INTO clients (name) SELECT 'client ' || n FROM generate_series(1, 50000) n"
         )
-    (folder / "0009_client_names.sql").write_text(
+    (folder / next_file("client_names")).write_text(
         "-- migrate: no-transaction\n"
         "SELECT pg_sleep(0.5);\n"
         "CREATE INDEX CONCURRENTLY clients_name_idx ON clients (name);\n"
@@ -112,7 +115,7 @@ def test_a_migration_blocked_by_the_application_fails_fast_retries_and_stalls_no
 ) -> None:
     folder = tenant_migrations()
     asyncio.run(migrate_up(fresh_db, folder))
-    (folder / "0009_session_tags.sql").write_text(
+    (folder / next_file("session_tags")).write_text(
         "-- migrate: lock_timeout=200ms\nALTER TABLE sessions ADD COLUMN tags text[];\n"
     )
     app_reads, holding, release = [], threading.Event(), threading.Event()
@@ -141,7 +144,7 @@ def test_a_migration_blocked_by_the_application_fails_fast_retries_and_stalls_no
     holder.join()
     reader.join()
 
-    assert (report.status, report.applied) == (Status.APPLIED, [9])
+    assert (report.status, report.applied) == (Status.APPLIED, [NEXT])
     retries = _fetch(
         fresh_db, "SELECT count(*) FROM studio_migrate.attempts WHERE outcome = 'lock-retry'"
     )
@@ -156,7 +159,7 @@ def test_a_runner_killed_mid_file_leaves_nothing_and_a_rerun_is_clean(
     fresh_db: str, tenant_migrations: CopyMigrations
 ) -> None:
     folder = tenant_migrations()
-    (folder / "0009_slow.sql").write_text("CREATE TABLE nine (id int);\nSELECT pg_sleep(2);\n")
+    (folder / next_file("slow")).write_text("CREATE TABLE nine (id int);\nSELECT pg_sleep(2);\n")
     command = [STUDIO, "migrate", "up", "--database-url", fresh_db, "--migrations-dir", str(folder)]
     runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
@@ -174,9 +177,9 @@ def test_a_runner_killed_mid_file_leaves_nothing_and_a_rerun_is_clean(
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert _fetch(
-        fresh_db, "SELECT version, count(*) FROM studio_migrate.history WHERE version >= 8"
-        " GROUP BY version ORDER BY version"
-    ) == [(8, 1), (9, 1)]  # fmt: skip
+        fresh_db, "SELECT version, count(*) FROM studio_migrate.history WHERE version >= %s"
+        " GROUP BY version ORDER BY version", (LATEST,)
+    ) == [(LATEST, 1), (NEXT, 1)]  # fmt: skip
 
 
 async def test_an_edit_of_comments_only_is_a_warning_and_repair_records_a_real_one(

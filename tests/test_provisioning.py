@@ -15,7 +15,7 @@ from db.tenant_catalog import with_database
 from db.tenant_roles import objects_not_owned_by
 from db.tenants import TenantSpec, provision_tenants
 from tests.conftest import Databases
-from tests.migrating import CopyMigrations
+from tests.migrating import LATEST, TENANT_VERSIONS, CopyMigrations, next_file
 from tests.serving import STUDIO
 
 HISTORY = (
@@ -56,7 +56,7 @@ async def test_a_studio_copied_from_the_template_is_one_migrated_file_by_file(
     with psycopg.connect(databases.server_url, autocommit=True) as conn:
         conn.execute(f'CREATE ROLE "{name}" LOGIN')
         conn.execute(f'ALTER DATABASE "{name}" OWNER TO "{name}"')
-    assert (await run_one(by_file, "tenant", mode="up")).applied == list(range(1, 9))
+    assert (await run_one(by_file, "tenant", mode="up")).applied == TENANT_VERSIONS
 
     [made] = await provision_tenants(master_url, [TenantSpec("Copied")])
     assert not isinstance(made, Exception), made
@@ -99,8 +99,8 @@ async def test_the_template_follows_the_files_and_placeholder_files_run_per_stud
     assert not isinstance(first, Exception), first
     [old_template] = _templates(databases.server_url, master_db)
 
-    (folder / "0009_notes.sql").write_text("CREATE TABLE notes (body text);\n")
-    (folder / "0010_own_name.sql").write_text(
+    (folder / next_file("notes")).write_text("CREATE TABLE notes (body text);\n")
+    (folder / next_file("own_name", step=2)).write_text(
         "CREATE TABLE own_name (slug text DEFAULT ${tenant_slug});\n"
         "INSERT INTO own_name DEFAULT VALUES;\n"
     )
@@ -114,11 +114,11 @@ async def test_the_template_follows_the_files_and_placeholder_files_run_per_stud
         url = with_database(master_url, tenant.database_name)
         assert _rows(url, "SELECT slug FROM own_name") == [(tenant.slug,)]
         versions = [row[0] for row in _rows(url, HISTORY)]
-        assert versions == list(range(1, 11))
+        assert versions == [*TENANT_VERSIONS, LATEST + 1, LATEST + 2]
     # the template holds the files before the first one with placeholders
-    assert _rows(with_database(master_url, made[0].database_name),
-                 "SELECT count(*) FROM studio_migrate.attempts"
-                 " WHERE outcome = 'copied-template' AND version = 9") == [(1,)]  # fmt: skip
+    copied = ("SELECT count(*) FROM studio_migrate.attempts"
+              f" WHERE outcome = 'copied-template' AND version = {LATEST + 1}")  # fmt: skip
+    assert _rows(with_database(master_url, made[0].database_name), copied) == [(1,)]
 
 
 def test_tenants_create_count_provisions_many_and_prints_each_key(

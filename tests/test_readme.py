@@ -33,7 +33,7 @@ def _json_values(text: str) -> list[dict[str, object]]:
     return values
 
 
-def test_the_readme_books_a_session_into_a_project_and_unlinks_it(
+def test_the_readme_books_unlinks_tracks_an_hour_and_sums_up_the_album(
     databases: Databases, tmp_path: Path
 ) -> None:
     server = start_serve(tmp_path, master_url=databases.create("readme_master"))
@@ -46,12 +46,22 @@ def test_the_readme_books_a_session_into_a_project_and_unlinks_it(
     finally:
         server.terminate()
     assert result.returncode == 0, result.stderr
-    _client, _room, project, booked, listed, unlinked, got = _json_values(result.stdout)
+    outputs = _json_values(result.stdout)
+    _client, _room, project, booked, listed, unlinked, got, relinked = outputs[:8]
+    task_type, logged, summary = outputs[8:]
     assert booked["session"]["projectId"] == project["project"]["id"] == "1"  # type: ignore[index]
     assert [s["id"] for s in listed["sessions"]] == ["1"]  # type: ignore[index]
     assert "projectId" not in unlinked["session"]  # type: ignore[operator]
     assert "projectId" not in got["session"]  # type: ignore[operator]
     assert got["session"]["title"] == "Drums"  # type: ignore[index]
+    assert relinked["session"]["projectId"] == "1"  # type: ignore[index]
+    assert task_type["taskType"]["hourlyRate"] == "60.00"  # type: ignore[index]
+    entry = logged["timeEntry"]  # type: ignore[index]
+    assert (entry["durationMinutes"], entry["billableAmount"]) == (60, "60.00")  # type: ignore[index]
+    rollup = summary["summary"]  # type: ignore[index]
+    assert rollup["sessions"]["bookedHours"] == "4.00"  # type: ignore[index]
+    assert (rollup["time"]["minutes"], rollup["time"]["billableAmount"]) == ("60", "60.00")  # type: ignore[index]
+    assert rollup["amounts"]["total"] == "60.00"  # type: ignore[index]
     [error] = _json_values(result.stderr)  # the last call's, readable as it is
     assert error["code"] == "not_found"
     assert '"reason": "SESSION_NOT_FOUND"' in result.stderr

@@ -32,6 +32,7 @@ from db.tenants import (
     tenant_database_name,
 )
 from tests.conftest import ApiServer, Databases
+from tests.migrating import next_file
 from tests.row_lock import RowLock
 from tests.serving import STUDIO
 
@@ -211,7 +212,7 @@ def test_what_a_later_migration_creates_belongs_to_the_role_too(
     master_url = asyncio.run(_master(databases, "iso_fleet"))
     tenant = _provision(master_url, "Later")
     folder: Path = tenant_migrations()  # type: ignore[operator]
-    (folder / "0009_add_labels.sql").write_text("CREATE TABLE labels (id bigint, name text);\n")
+    (folder / next_file("add_labels")).write_text("CREATE TABLE labels (id bigint, name text);\n")
 
     reports = asyncio.run(Fleet(master_url, FleetOptions(tenant_dir=folder)).run())
 
@@ -219,7 +220,7 @@ def test_what_a_later_migration_creates_belongs_to_the_role_too(
     admin_url = with_database(master_url, tenant.database_name)
     assert _ownership(admin_url).tables["labels"] == tenant.role_name
     # and when an administrator migrates that one database by its URL, as the superuser
-    (folder / "0010_add_colours.sql").write_text("CREATE TABLE colours (id bigint);\n")
+    (folder / next_file("add_colours", step=2)).write_text("CREATE TABLE colours (id bigint);\n")
     by_url = subprocess.run(
         [STUDIO, "migrate", "up", "--database-url", admin_url, "--kind", "tenant",
          "--migrations-dir", str(folder)],

@@ -48,7 +48,7 @@ def test_the_typescript_client_walks_the_mission(api_server: ApiServer) -> None:
     failed = re.search(r"\N{INFORMATION SOURCE} fail (\d+)", result.stdout)
     assert passed is not None
     assert failed is not None
-    assert (int(passed.group(1)), int(failed.group(1))) == (8, 0)
+    assert (int(passed.group(1)), int(failed.group(1))) == (11, 0)
 
 
 def test_the_readme_typescript_snippet_is_the_one_the_suite_runs() -> None:

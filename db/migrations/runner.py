@@ -681,8 +681,32 @@ async def _apply_pending(
     report: DatabaseReport,
     lock_retries: int,
 ) -> None:
+    """Each pending file in turn. What a file reports with RAISE WARNING (rows it repaired
+    rather than fail on, say) becomes a warning of this database's report, once the file is
+    applied; NOTICEs (IF NOT EXISTS skipping...) are not reported."""
+    warned: list[str] = []
+
+    def on_notice(diagnostic: psycopg.errors.Diagnostic) -> None:
+        if diagnostic.severity_nonlocalized == "WARNING" and diagnostic.message_primary:
+            warned.append(diagnostic.message_primary)
+
+    session.conn.add_notice_handler(on_notice)
+    try:
+        await _apply_each(session, plan, report, lock_retries, warned)
+    finally:
+        session.conn.remove_notice_handler(on_notice)
+
+
+async def _apply_each(
+    session: _Session,
+    plan: _Plan,
+    report: DatabaseReport,
+    lock_retries: int,
+    warned: list[str],
+) -> None:
     conn = session.conn
     for file in plan.pending:
+        warned.clear()  # a failed file's warnings went with its rollback
         late = file.version in plan.out_of_order
         try:
             if file.transactional:
@@ -718,6 +742,7 @@ async def _apply_pending(
             report.pending = [f.version for f in plan.pending if f.version >= file.version]
             return
         report.applied.append(file.version)
+        report.warnings += [f"{file.filename}: {message}" for message in dict.fromkeys(warned)]
         report.after = max(report.after or 0, file.version)
     report.pending = []
     report.status = Status.APPLIED if report.applied else Status.UP_TO_DATE

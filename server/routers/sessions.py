@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import UTC
 from typing import TYPE_CHECKING
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from db.references import (
     client_exists,
     lock_project_client,
@@ -19,7 +17,6 @@ from server import standard_methods
 from server.errors import FailedPrecondition
 from server.resource_mapping import Field, Kind, ResourceMapping
 from server.router import Router
-from server.validation import MAX_SECONDS, MIN_SECONDS
 from studio.v1 import session_pb2 as pb
 
 if TYPE_CHECKING:
@@ -49,15 +46,12 @@ SESSION = ResourceMapping(
         Field("payment_status", Kind.ENUM),
         Field("notes", Kind.TEXT),
     ),
-    # The widest time range: an update writing one end is checked against the stored other
-    # end by sessions_time_range_check, not against this.
-    example=pb.Session(
-        client_id=1,
-        room_id=1,
-        title="-",
-        start_time=Timestamp(seconds=MIN_SECONDS),
-        end_time=Timestamp(seconds=MAX_SECONDS),
-    ),
+    # No times: the rules across them (end after start, within 31 days) say nothing when one
+    # is unset, and an update writing one end is checked against the stored other end by the
+    # database (sessions_time_range_check, sessions_duration_check). No time could stand in:
+    # with the 31-day rule, any start refuses some valid end. Unset, they are only REQUIRED,
+    # which an update that does not write them drops.
+    example=pb.Session(client_id=1, room_id=1, title="-"),
 )
 
 
@@ -133,8 +127,17 @@ async def list_sessions(ctx: Ctx, request: pb.ListSessionsRequest) -> pb.ListSes
         else None,
         without_project=request.without_project,
     )
+    refers_to = {
+        kind: value
+        for kind, value, given in (
+            ("project", request.project_id, request.HasField("project_id")),
+            ("client", request.client_id, request.HasField("client_id")),
+            ("room", request.room_id, request.HasField("room_id")),
+        )
+        if given
+    }
     items, next_token = await standard_methods.list_page(
-        ctx, SESSION, request, where=where, time_column="start_time"
+        ctx, SESSION, request, where=where, time_column="start_time", refers_to=refers_to
     )
     return pb.ListSessionsResponse(sessions=items, next_page_token=next_token)
 

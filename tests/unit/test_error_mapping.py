@@ -18,17 +18,21 @@ from psycopg.pq import DiagnosticField
 
 from db.connection_budget import ConnectionBudgetExhausted
 from db.connection_pool import PoolExhausted
+from db.tables import tenant_metadata
 from server.error_mapping import (
+    CHECKS,
     EXCEPTIONS,
     MISSING_REFERENCE,
     SQLSTATE_CLASSES,
     SQLSTATES,
     STILL_REFERENCED,
+    STILL_REFERENCED_MESSAGES,
+    TAKEN,
     error_from_exception,
     is_retryable,
     to_status,
 )
-from server.errors import ApiError, NotFound
+from server.errors import REASONS, ApiError, NotFound
 
 Code = grpc.StatusCode
 INTERNAL = (Code.INTERNAL, "INTERNAL", "internal error")
@@ -120,6 +124,15 @@ MISSING = {
     "sessions_room_id_rooms_id_fk": ("ROOM_NOT_FOUND", "room_id", "roomId"),
     "sessions_project_id_projects_id_fk": ("PROJECT_NOT_FOUND", "project_id", "projectId"),
     "tracks_project_id_projects_id_fk": ("PROJECT_NOT_FOUND", "project_id", "projectId"),
+    "tracks_recorded_in_room_id_rooms_id_fk": ("ROOM_NOT_FOUND", "recorded_in_room_id", "roomId"),
+    "time_entries_task_type_id_task_types_id_fk": (
+        "TASK_TYPE_NOT_FOUND",
+        "task_type_id",
+        "taskTypeId",
+    ),
+    "time_entries_session_id_sessions_id_fk": ("SESSION_NOT_FOUND", "session_id", "sessionId"),
+    "time_entries_project_id_projects_id_fk": ("PROJECT_NOT_FOUND", "project_id", "projectId"),
+    "time_entries_track_id_tracks_id_fk": ("TRACK_NOT_FOUND", "track_id", "trackId"),
 }
 STILL_USED = {
     "projects_client_id_clients_id_fk": ("CLIENT_HAS_PROJECTS", "clientId"),
@@ -129,12 +142,31 @@ STILL_USED = {
     "time_entries_session_id_sessions_id_fk": ("SESSION_HAS_TIME_ENTRIES", "sessionId"),
     "time_entries_project_id_projects_id_fk": ("PROJECT_HAS_TIME_ENTRIES", "projectId"),
     "time_entries_track_id_tracks_id_fk": ("TRACK_HAS_TIME_ENTRIES", "trackId"),
+    "time_entries_task_type_id_task_types_id_fk": ("TASK_TYPE_HAS_TIME_ENTRIES", "taskTypeId"),
 }
 
 
 def test_every_foreign_key_the_mapping_names_has_a_case() -> None:
     assert set(MISSING) == set(MISSING_REFERENCE)
     assert set(STILL_USED) == set(STILL_REFERENCED)
+
+
+def test_the_foreign_key_tables_are_the_core_metadatas_keys_with_declared_reasons() -> None:
+    """Derived from db/tables.py: every foreign key is mapped (none falls back to
+    REFERENCE_CONSTRAINT), every one that refuses deletes is mapped for deletes, and each
+    reason is a value of studio.v1.ErrorReason."""
+    keys = {
+        str(fk.name): fk
+        for table in tenant_metadata.tables.values()
+        for fk in table.foreign_key_constraints
+    }
+    assert set(MISSING_REFERENCE) == set(keys)
+    assert set(STILL_REFERENCED) == {
+        name for name, fk in keys.items() if fk.ondelete in {None, "RESTRICT", "NO ACTION"}
+    }
+    reasons = {r.reason for r in [*MISSING_REFERENCE.values(), *STILL_REFERENCED.values()]}
+    assert reasons <= REASONS
+    assert set(STILL_REFERENCED_MESSAGES) <= {r.reason for r in STILL_REFERENCED.values()}
 
 
 @pytest.mark.parametrize("constraint", sorted(MISSING))
@@ -144,7 +176,10 @@ def test_a_missing_reference_names_the_id(constraint: str) -> None:
     error = error_from_exception(wrapped(pg_error("23503", constraint=constraint, detail=detail)))
     assert (error.code, error.reason) == (Code.FAILED_PRECONDITION, reason)
     assert error.metadata == {key: "42"}
-    assert error.message == f"{key.removesuffix('Id')} 42 does not exist"
+    assert (
+        error.message
+        == f"{reason.removesuffix('_NOT_FOUND').lower().replace('_', ' ')} 42 does not exist"
+    )
 
 
 @pytest.mark.parametrize("sqlstate", ["23503", "23001"])  # NO ACTION, RESTRICT (PostgreSQL 18)
@@ -158,7 +193,7 @@ def test_a_refused_delete_names_the_id_and_what_still_refers_to_it(
     error = error_from_exception(exc, deleting=True)
     assert (error.code, error.reason) == (Code.FAILED_PRECONDITION, reason)
     assert error.metadata == {key: "42"}
-    assert error.message.startswith(f"{key.removesuffix('Id')} 42 ")
+    assert error.message.startswith(f"{reason.split('_HAS_')[0].lower().replace('_', ' ')} 42 ")
 
 
 def test_a_translated_detail_still_gives_the_id() -> None:
@@ -178,11 +213,11 @@ def test_without_a_detail_the_reference_is_still_named() -> None:
 
 
 def test_an_unknown_foreign_key_is_a_generic_precondition() -> None:
-    exc = wrapped(pg_error("23503", constraint="tracks_recorded_in_room_id_rooms_id_fk"))
+    exc = wrapped(pg_error("23503", constraint="labels_owner_id_owners_id_fk"))
     for deleting in (False, True):
         error = error_from_exception(exc, deleting=deleting)
         assert (error.code, error.reason) == (Code.FAILED_PRECONDITION, "REFERENCE_CONSTRAINT")
-        assert error.metadata == {"constraint": "tracks_recorded_in_room_id_rooms_id_fk"}
+        assert error.metadata == {"constraint": "labels_owner_id_owners_id_fk"}
 
 
 # Exception types, each row an exception the rule of that type (and no earlier one) takes.
@@ -275,3 +310,49 @@ def test_the_status_carries_error_info_with_the_request_id() -> None:
         "studio.v1",
         {"roomId": "9", "requestId": "req-1"},
     )
+
+
+BOOKED_DETAIL = (
+    "Key (int8range(room_id, room_id, '[]'::text), tstzrange(start_time, end_time, '[)'::text),"
+    ' (\'::\'::inet + id))=([3,4), ["2026-01-01 11:00:00+00","2026-01-01 12:30:00+00"), ::4)'
+    " conflicts with existing key (int8range(room_id, room_id, '[]'::text), tstzrange(start_time,"
+    " end_time, '[)'::text), ('::'::inet + id))=([3,4), [\"2026-01-01 10:00:00+00\","
+    '"2026-01-01 12:00:00+00"), ::1:0:3e8).'
+)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "sqlstate", "detail", "expected"),
+    [
+        ("sessions_room_booking_excl", "23P01", BOOKED_DETAIL, ("ROOM_ALREADY_BOOKED",
+         {"roomId": "3", "conflictingSessionId": str(2**32 + 1000)},
+         f"room 3 is already booked at that time by session {2**32 + 1000};"
+         " choose another time or room")),
+        ("sessions_room_booking_excl", "23P01", None, ("ROOM_ALREADY_BOOKED", {},
+         "the room is already booked at that time; choose another time or room")),
+        ("tracks_project_id_track_number_key", "23505",
+         "Key (project_id, track_number)=(7, 3) already exists.", ("TRACK_NUMBER_TAKEN",
+         {"projectId": "7", "trackNumber": "3"}, "project 7 already has a track 3")),
+        ("time_entries_running_timer_idx", "23505",
+         "Key (session_id, project_id, track_id)=(5, null, null) already exists.",
+         ("TIMER_ALREADY_RUNNING", {"sessionId": "5"},
+          "a timer already runs for session 5; stop it first")),
+    ],
+)  # fmt: skip
+def test_a_taken_slot_says_what_holds_it(
+    constraint: str, sqlstate: str, detail: str | None, expected: tuple[str, dict[str, str], str]
+) -> None:
+    """Read from the violation itself: the booked session's id comes in the detail (the
+    constraint's last key is '::' + id), so a refusal costs no second query."""
+    exc = wrapped(pg_error(sqlstate, constraint=constraint, detail=detail))
+    error = error_from_exception(exc)
+    assert error.code is Code.FAILED_PRECONDITION
+    assert (error.reason, error.metadata, error.message) == expected
+
+
+def test_every_constraint_the_error_tables_name_is_in_the_core_metadata() -> None:
+    constraints = {str(c.name) for t in tenant_metadata.tables.values() for c in t.constraints}
+    indexes = {str(i.name) for t in tenant_metadata.tables.values() for i in t.indexes}
+    assert set(TAKEN) <= constraints | indexes
+    assert set(CHECKS) <= constraints
+    assert {t.reason for t in TAKEN.values()} <= REASONS

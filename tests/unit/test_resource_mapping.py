@@ -178,18 +178,60 @@ def test_a_mapping_must_map_every_writable_field() -> None:
         ResourceMapping(client_pb2.Client, clients, (Field("name", Kind.TEXT),))
 
 
+def test_a_mask_path_is_checked_against_the_message_itself() -> None:
+    """No list of paths is kept by hand: any field of Session may be named (output-only ones
+    are ignored), anything else is refused at update_mask."""
+    patch = session_pb2.Session(id=1)
+    every_field = [f.name for f in session_pb2.Session.DESCRIPTOR.fields]
+    assert SESSION.mask_paths(patch, FieldMask(paths=every_field)) == list(SESSION.fields)
+    for paths in (["no_such_field"], ["title", "start_time.seconds"], ["Title"]):
+        with pytest.raises(InvalidArgument) as raised:
+            SESSION.mask_paths(patch, FieldMask(paths=paths))
+        [violation] = raised.value.field_violations
+        assert (violation.field, violation.reason) == ("update_mask", "FIELD_MASK_IN")
+        assert violation.description.endswith("is not a field of studio.v1.Session")
+
+
+def test_an_immutable_field_is_written_on_create_only() -> None:
+    mapping = ResourceMapping(
+        client_pb2.Client,
+        clients,
+        tuple(Field(f.name, f.kind, immutable=f.name == "type") for f in CLIENT.fields.values()),
+    )
+    assert "type" in mapping.insert_values(client_pb2.Client(name="A", type=2))
+    assert "type" not in mapping.mask_paths(client_pb2.Client(id=1), FieldMask(paths=["*"]))
+    for patch, mask in (
+        (client_pb2.Client(id=1), FieldMask(paths=["name", "type"])),
+        (client_pb2.Client(id=1, type=2), None),  # set, without a mask
+    ):
+        with pytest.raises(InvalidArgument) as raised:
+            mapping.mask_paths(patch, mask)
+        assert [(v.field, v.reason) for v in raised.value.field_violations] == [
+            ("update_mask", "IMMUTABLE")
+        ]
+
+
 @pytest.mark.parametrize("mapping", [m for m in ALL_MAPPINGS if m.example is not None],
                          ids=lambda m: m.message_type.__name__)  # fmt: skip
-def test_each_example_is_a_valid_resource(mapping: ResourceMapping[Any]) -> None:
+def test_each_example_is_a_valid_resource_but_for_fields_left_unset(
+    mapping: ResourceMapping[Any],
+) -> None:
     """An update's written fields are validated laid over the example: an invalid example
-    would refuse updates for a field they do not write."""
+    would refuse updates for a field they do not write. Its only violations may be REQUIRED
+    rules of fields it leaves unset (dropped unless the update writes them)."""
     assert mapping.example is not None
-    validate_resource(mapping.example, "example")  # raises if not
+    try:
+        validate_resource(mapping.example, "example")
+    except InvalidArgument as refused:
+        for violation in refused.field_violations:
+            name = violation.field.removeprefix("example.")
+            assert violation.reason == "REQUIRED", violation
+            assert not mapping.is_set(mapping.example, name), violation
 
 
 def test_an_update_writing_one_field_is_checked_at_that_field_only() -> None:
     """Laid over the example, the rules of the fields an update leaves alone stay quiet."""
-    patch = session_pb2.Session(id=1, project_id=0, end_time=Timestamp(seconds=1))
+    patch = session_pb2.Session(id=1, project_id=0, end_time=Timestamp(seconds=1_800_000_000))
     paths = ["end_time"]
     validate_written(SESSION.merged(SESSION.example, patch, paths), "session", paths)
     paths = ["title"]  # cleared: required

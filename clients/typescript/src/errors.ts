@@ -2,23 +2,14 @@
 // google.rpc.Status, with the BadRequest field violations for input errors.
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema, ErrorInfoSchema } from "../../../generated/ts/google/rpc/error_details_pb.js";
+import { ErrorReason } from "../../../generated/ts/studio/v1/error_reason_pb.js";
 
-/** Every reason studio-rpc documents (ErrorInfo.reason, domain "studio.v1"). */
-export type Reason =
-  | "INVALID_ARGUMENT" | "MALFORMED_REQUEST" | "INVALID_PAGE_TOKEN" | "INVALID_ETAG"
-  | "CONSTRAINT_VIOLATION"
-  | "CLIENT_NOT_FOUND" | "ROOM_NOT_FOUND" | "PROJECT_NOT_FOUND" | "SESSION_NOT_FOUND"
-  | "PROJECT_CLIENT_MISMATCH" | "PROJECT_HAS_SESSIONS"
-  | "CLIENT_HAS_PROJECTS" | "CLIENT_HAS_SESSIONS" | "ROOM_HAS_SESSIONS" | "PROJECT_HAS_TRACKS"
-  | "PROJECT_HAS_TIME_ENTRIES" | "SESSION_HAS_TIME_ENTRIES" | "TRACK_HAS_TIME_ENTRIES"
-  | "ETAG_MISMATCH" | "CONCURRENT_MODIFICATION"
-  | "MISSING_CREDENTIALS" | "INVALID_API_KEY" | "API_KEY_REVOKED"
-  | "MALFORMED_CREDENTIALS" | "TOO_MANY_FAILED_AUTHENTICATIONS"
-  | "READ_ONLY_KEY" | "ORGANIZATION_INACTIVE"
-  | "DATABASE_UNAVAILABLE" | "TOO_MANY_CALLS" | "DATABASE_CONNECTIONS_EXHAUSTED"
-  | "DATABASE_RESOURCES_EXHAUSTED" | "ALREADY_EXISTS" | "UNSTORABLE_VALUE" | "REFERENCE_CONSTRAINT"
-  | "UNKNOWN_METHOD" | "MESSAGE_TOO_LARGE" | "SHUTTING_DOWN"
-  | "DEADLINE_EXCEEDED" | "INTERNAL" | "UNKNOWN";
+/**
+ * Every reason studio-rpc sends (ErrorInfo.reason, domain "studio.v1"): the names of the
+ * proto enum studio.v1.ErrorReason, generated with it (a new reason needs no edit here), and
+ * "UNKNOWN" for a failure that carries no ErrorInfo (grpc's own answers, a broken connection).
+ */
+export type Reason = Exclude<keyof typeof ErrorReason, "UNSPECIFIED"> | "UNKNOWN";
 
 export interface FieldViolation {
   /** Path in the request, e.g. "session.project_id". */
@@ -78,4 +69,4 @@ export function toStudioError(error: unknown): StudioError {
   );
 }
 
-export { Code };
+export { Code, ErrorReason };

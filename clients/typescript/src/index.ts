@@ -1,7 +1,10 @@
 export { createStudioClient, type StudioClient, type StudioClientOptions } from "./client.js";
-export { Code, StudioError, toStudioError, type FieldViolation, type Reason } from "./errors.js";
+export { Code, ErrorReason, StudioError, toStudioError, type FieldViolation, type Reason } from "./errors.js";
 export { assertValid, violations } from "./validation.js";
 export * from "../../../generated/ts/studio/v1/client_pb.js";
 export * from "../../../generated/ts/studio/v1/room_pb.js";
 export * from "../../../generated/ts/studio/v1/project_pb.js";
 export * from "../../../generated/ts/studio/v1/session_pb.js";
+export * from "../../../generated/ts/studio/v1/track_pb.js";
+export * from "../../../generated/ts/studio/v1/task_type_pb.js";
+export * from "../../../generated/ts/studio/v1/time_entry_pb.js";

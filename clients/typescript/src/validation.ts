@@ -38,10 +38,33 @@ function toFieldViolation(violation: Violation): FieldViolation {
   };
 }
 
+/**
+ * An update's mask may name only fields of the resource it updates, as the server checks it:
+ * against the message's own descriptor (the protos keep no list of paths).
+ */
+function maskViolations(schema: DescMessage, message: Record<string, unknown>): FieldViolation[] {
+  const mask = schema.fields.find(
+    (f) => f.name === "update_mask" && f.message?.typeName === "google.protobuf.FieldMask",
+  );
+  const resource = schema.fields.find((f) => f.fieldKind === "message" && f !== mask)?.message;
+  if (mask === undefined || resource === undefined) {
+    return [];
+  }
+  const paths = (message[mask.localName] as { paths?: string[] } | undefined)?.paths ?? [];
+  const known = new Set(resource.fields.map((f) => f.name));
+  const unknown = paths.filter((p) => p !== "*" && !known.has(p));
+  if (unknown.length === 0) {
+    return [];
+  }
+  const description = `${unknown.map((p) => `"${p}"`).join(", ")} is not a field of ${resource.typeName}`;
+  return [{ field: "update_mask", description, reason: "FIELD_MASK_IN" }];
+}
+
 /** The violations of a request, as the server would report them. */
 export function violations<Desc extends DescMessage>(schema: Desc, message: MessageShape<Desc>): FieldViolation[] {
   const result = validator.validate(schema, message);
-  return result.kind === "invalid" ? result.error.violations.map(toFieldViolation) : [];
+  const found = result.kind === "invalid" ? result.error.violations.map(toFieldViolation) : [];
+  return [...found, ...maskViolations(schema, message as Record<string, unknown>)];
 }
 
 /** Throw the StudioError the server would answer (INVALID_ARGUMENT) if the request is invalid. */

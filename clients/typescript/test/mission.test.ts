@@ -10,7 +10,9 @@ import {
   Code,
   CreateSessionRequestSchema,
   createStudioClient,
+  SessionStatus,
   StudioError,
+  UpdateTrackRequestSchema,
   violations,
   type CreateSessionRequest,
 } from "../src/index.js";
@@ -185,6 +187,85 @@ describe("every documented error, as a typed StudioError", () => {
     error = await failure(() => reader.clients.createClient({ client: { name: "Nope" } }));
     assert.equal(error.code, Code.PermissionDenied);
     assert.equal(error.reason, "READ_ONLY_KEY");
+  });
+});
+
+describe("rooms, tracks, time and what a project link is for", () => {
+  test("a room is booked once at a time, and the refusal names the session holding it", async () => {
+    const { client, room } = await basics();
+    const start = Date.UTC(2027, 8, 1, 10);
+    const { session: held } = await studio.sessions.createSession({ session: sessionAt(client.id, room.id, start) });
+    const error = await failure(() =>
+      studio.sessions.createSession({ session: sessionAt(client.id, room.id, start + hour) }),
+    );
+    assert.equal(error.code, Code.FailedPrecondition);
+    assert.equal(error.reason, "ROOM_ALREADY_BOOKED");
+    assert.equal(error.info["conflictingSessionId"], String(held!.id));
+    await studio.sessions.updateSession({
+      session: { id: held!.id, status: SessionStatus.CANCELLED },
+      updateMask: { paths: ["status"] },
+    });
+    await studio.sessions.createSession({ session: sessionAt(client.id, room.id, start + hour) });
+  });
+
+  test("one timer per context, even started at once; the summary and the client's projects add it up", async () => {
+    const { client, room, project } = await basics();
+    const start = Date.UTC(2027, 9, 1, 10);
+    const { session } = await studio.sessions.createSession({
+      session: sessionAt(client.id, room.id, start, project.id),
+    });
+    const { track } = await studio.tracks.createTrack({ track: { projectId: project.id, title: "Intro", trackNumber: 1 } });
+    const { taskType } = await studio.taskTypes.createTaskType({ taskType: { name: "Mixing", hourlyRate: "60.00" } });
+
+    const started = await Promise.allSettled(
+      Array.from({ length: 8 }, () =>
+        studio.timeEntries.startTimer({ taskTypeId: taskType!.id, context: { case: "trackId", value: track!.id } }),
+      ),
+    );
+    const won = started.filter((r) => r.status === "fulfilled");
+    assert.equal(won.length, 1);
+    const timer = (won[0] as PromiseFulfilledResult<{ timeEntry?: { id: bigint } }>).value.timeEntry!;
+    for (const lost of started.filter((r) => r.status === "rejected")) {
+      const reason = (lost as PromiseRejectedResult).reason as StudioError;
+      assert.equal(reason.reason, "TIMER_ALREADY_RUNNING");
+      assert.equal(reason.info["timeEntryId"], String(timer.id));
+    }
+    const { timeEntry: stopped } = await studio.timeEntries.stopTimer({ id: timer.id });
+    assert.notEqual(stopped!.endTime, undefined);
+
+    const { timeEntry: logged } = await studio.timeEntries.createTimeEntry({
+      timeEntry: {
+        taskTypeId: taskType!.id,
+        context: { case: "sessionId", value: session!.id },
+        startTime: timestampFromDate(new Date(start)),
+        endTime: timestampFromDate(new Date(start + 1.5 * hour)),
+      },
+    });
+    assert.equal(logged!.durationMinutes, 90);
+    assert.equal(logged!.billableAmount, "90.00");
+
+    const { summary } = await studio.projects.getProjectSummary({ id: project.id });
+    assert.equal(summary!.sessions!.count, 1n);
+    assert.equal(summary!.sessions!.bookedHours, "3.00");
+    assert.equal(summary!.tracks!.count, 1n);
+    assert.equal(summary!.time!.minutes, 90n + BigInt(stopped!.durationMinutes ?? 0));
+    const cents = (amount: string) => BigInt(amount.replace(".", "")); // exact: "90.00" -> 9000n
+    assert.equal(cents(summary!.time!.billableAmount), cents("90.00") + cents(stopped!.billableAmount));
+    assert.equal(summary!.amounts!.timeBillable, summary!.time!.billableAmount);
+
+    const { projects } = await studio.clients.listClientProjects({ clientId: client.id });
+    assert.deepEqual(projects.map((p) => [p.project!.id, p.bookedHours]), [[project.id, "3.00"]]);
+  });
+
+  test("a mask path that is not a field: the client-side check agrees with the server", async () => {
+    const { project } = await basics();
+    const { track } = await studio.tracks.createTrack({ track: { projectId: project.id, title: "Outro" } });
+    const request = create(UpdateTrackRequestSchema, { track: { id: track!.id }, updateMask: { paths: ["tempo"] } });
+    const local = violations(UpdateTrackRequestSchema, request);
+    const error = await failure(() => studio.tracks.updateTrack(request));
+    assert.equal(error.code, Code.InvalidArgument);
+    assert.deepEqual(error.fieldViolations, local);
+    assert.equal(error.violation("update_mask"), "FIELD_MASK_IN");
   });
 });
 

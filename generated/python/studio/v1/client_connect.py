@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .client_pb2 import CreateClientRequest, CreateClientResponse, DeleteClientRequest, DeleteClientResponse, GetClientRequest, GetClientResponse, ListClientsRequest, ListClientsResponse, UpdateClientRequest, UpdateClientResponse
+from .client_pb2 import CreateClientRequest, CreateClientResponse, DeleteClientRequest, DeleteClientResponse, GetClientRequest, GetClientResponse, ListClientProjectsRequest, ListClientProjectsResponse, ListClientsRequest, ListClientsResponse, UpdateClientRequest, UpdateClientResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -70,6 +70,14 @@ class ClientService(Protocol):
         """
         Deletes a client. FAILED_PRECONDITION (CLIENT_HAS_PROJECTS, CLIENT_HAS_SESSIONS) while
         projects or sessions refer to it.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def list_client_projects(self, request: ListClientProjectsRequest, ctx: RequestContext[ListClientProjectsRequest, ListClientProjectsResponse], /) -> ListClientProjectsResponse:
+        """
+        Lists the projects of a client by id, a page at a time, each with its hours: booked in
+        sessions and tracked as time (as GetProjectSummary counts them). FAILED_PRECONDITION
+        (CLIENT_NOT_FOUND) if the client does not exist.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -141,6 +149,17 @@ class ClientServiceASGIApplication(ConnectASGIApplication[ClientService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.delete_client,
+                ),
+                "/studio.v1.ClientService/ListClientProjects": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ListClientProjects",
+                        service_name="studio.v1.ClientService",
+                        input=ListClientProjectsRequest,
+                        output=ListClientProjectsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.list_client_projects,
                 ),
             },
             interceptors=interceptors,
@@ -304,6 +323,33 @@ class ClientServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def list_client_projects(
+        self,
+        request: ListClientProjectsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ListClientProjectsResponse:
+        """
+        Lists the projects of a client by id, a page at a time, each with its hours: booked in
+        sessions and tracked as time (as GetProjectSummary counts them). FAILED_PRECONDITION
+        (CLIENT_NOT_FOUND) if the client does not exist.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListClientProjects",
+                service_name="studio.v1.ClientService",
+                input=ListClientProjectsRequest,
+                output=ListClientProjectsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
 
 class ClientServiceSync(Protocol):
     """
@@ -338,6 +384,14 @@ class ClientServiceSync(Protocol):
         """
         Deletes a client. FAILED_PRECONDITION (CLIENT_HAS_PROJECTS, CLIENT_HAS_SESSIONS) while
         projects or sessions refer to it.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def list_client_projects(self, request: ListClientProjectsRequest, ctx: RequestContext[ListClientProjectsRequest, ListClientProjectsResponse], /) -> ListClientProjectsResponse:
+        """
+        Lists the projects of a client by id, a page at a time, each with its hours: booked in
+        sessions and tracked as time (as GetProjectSummary counts them). FAILED_PRECONDITION
+        (CLIENT_NOT_FOUND) if the client does not exist.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -407,6 +461,17 @@ class ClientServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.delete_client,
+                ),
+                "/studio.v1.ClientService/ListClientProjects": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ListClientProjects",
+                        service_name="studio.v1.ClientService",
+                        input=ListClientProjectsRequest,
+                        output=ListClientProjectsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.list_client_projects,
                 ),
             },
             interceptors=interceptors,
@@ -569,4 +634,31 @@ class ClientServiceClientSync(ConnectClientSync):
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+        )
+    def list_client_projects(
+        self,
+        request: ListClientProjectsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ListClientProjectsResponse:
+        """
+        Lists the projects of a client by id, a page at a time, each with its hours: booked in
+        sessions and tracked as time (as GetProjectSummary counts them). FAILED_PRECONDITION
+        (CLIENT_NOT_FOUND) if the client does not exist.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListClientProjects",
+                service_name="studio.v1.ClientService",
+                input=ListClientProjectsRequest,
+                output=ListClientProjectsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
         )

@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from studio.v1 import project_pb2 as studio_dot_v1_dot_project__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16studio/v1/client.proto\x12\tstudio.v1\x1a\x1b\x62uf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x03\n\x06\x43lient\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x19\n\x04name\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\x18\xff\x01\xc8\x01\x01\x12\x1d\n\x0b\x61rtist_name\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xff\x01\x12\x1c\n\x05\x65mail\x18\x04 \x01(\tB\r\xbaH\nr\x05\x18\xff\x01`\x01\xd8\x01\x01\x12\x16\n\x05phone\x18\x05 \x01(\tB\x07\xbaH\x04r\x02\x18\x32\x12-\n\x04type\x18\x06 \x01(\x0e\x32\x15.studio.v1.ClientTypeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x19\n\x07\x61\x64\x64ress\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\xd0\x0f\x12\x15\n\x04\x63ity\x18\x08 \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12\x18\n\x07\x63ountry\x18\t \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12\x17\n\x05notes\x18\n \x01(\tB\x08\xbaH\x05r\x03\x18\x90N\x12\x0e\n\x06is_vip\x18\x0b \x01(\x08\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x04\x65tag\x18\x0e \x01(\tB\x07\xbaH\x04r\x02\x18(\"\'\n\x10GetClientRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\"6\n\x11GetClientResponse\x12!\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x11.studio.v1.Client\"N\n\x12ListClientsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"R\n\x13ListClientsResponse\x12\"\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x11.studio.v1.Client\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x13\x43reateClientRequest\x12)\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x11.studio.v1.ClientB\x06\xbaH\x03\xc8\x01\x01\x12\x1f\n\nrequest_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"9\n\x14\x43reateClientResponse\x12!\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x11.studio.v1.Client\"\xdc\x02\n\x13UpdateClientRequest\x12)\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x11.studio.v1.ClientB\x06\xbaH\x03\xd8\x01\x03\x12\xac\x01\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB{\xbaHx\xe2\x01u\x12\x01*\x12\x02id\x12\x04name\x12\x0b\x61rtist_name\x12\x05\x65mail\x12\x05phone\x12\x04type\x12\x07\x61\x64\x64ress\x12\x04\x63ity\x12\x07\x63ountry\x12\x05notes\x12\x06is_vip\x12\x0b\x63reate_time\x12\x0bupdate_time\x12\x04\x65tag:k\xbaHh\x1a\x66\n\x12\x63lient.id.required\x12(client.id must name the client to update\x1a&has(this.client) && this.client.id > 0\"9\n\x14UpdateClientResponse\x12!\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x11.studio.v1.Client\"A\n\x13\x44\x65leteClientRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18(\"\x16\n\x14\x44\x65leteClientResponse*^\n\nClientType\x12\x1b\n\x17\x43LIENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43LIENT_TYPE_INDIVIDUAL\x10\x01\x12\x17\n\x13\x43LIENT_TYPE_COMPANY\x10\x02\x32\xa2\x03\n\rClientService\x12K\n\tGetClient\x12\x1b.studio.v1.GetClientRequest\x1a\x1c.studio.v1.GetClientResponse\"\x03\x90\x02\x01\x12Q\n\x0bListClients\x12\x1d.studio.v1.ListClientsRequest\x1a\x1e.studio.v1.ListClientsResponse\"\x03\x90\x02\x01\x12O\n\x0c\x43reateClient\x12\x1e.studio.v1.CreateClientRequest\x1a\x1f.studio.v1.CreateClientResponse\x12O\n\x0cUpdateClient\x12\x1e.studio.v1.UpdateClientRequest\x1a\x1f.studio.v1.UpdateClientResponse\x12O\n\x0c\x44\x65leteClient\x12\x1e.studio.v1.DeleteClientRequest\x1a\x1f.studio.v1.DeleteClientResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16studio/v1/client.proto\x12\tstudio.v1\x1a\x1b\x62uf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17studio/v1/project.proto\"\xa1\x03\n\x06\x43lient\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x19\n\x04name\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\x18\xff\x01\xc8\x01\x01\x12\x1d\n\x0b\x61rtist_name\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xff\x01\x12\x1c\n\x05\x65mail\x18\x04 \x01(\tB\r\xbaH\nr\x05\x18\xff\x01`\x01\xd8\x01\x01\x12\x16\n\x05phone\x18\x05 \x01(\tB\x07\xbaH\x04r\x02\x18\x32\x12-\n\x04type\x18\x06 \x01(\x0e\x32\x15.studio.v1.ClientTypeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x19\n\x07\x61\x64\x64ress\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\xd0\x0f\x12\x15\n\x04\x63ity\x18\x08 \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12\x18\n\x07\x63ountry\x18\t \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12\x17\n\x05notes\x18\n \x01(\tB\x08\xbaH\x05r\x03\x18\x90N\x12\x0e\n\x06is_vip\x18\x0b \x01(\x08\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x04\x65tag\x18\x0e \x01(\tB\x07\xbaH\x04r\x02\x18(\"\'\n\x10GetClientRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\"6\n\x11GetClientResponse\x12!\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x11.studio.v1.Client\"N\n\x12ListClientsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"R\n\x13ListClientsResponse\x12\"\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x11.studio.v1.Client\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x13\x43reateClientRequest\x12)\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x11.studio.v1.ClientB\x06\xbaH\x03\xc8\x01\x01\x12\x1f\n\nrequest_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"9\n\x14\x43reateClientResponse\x12!\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x11.studio.v1.Client\"\xde\x01\n\x13UpdateClientRequest\x12)\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x11.studio.v1.ClientB\x06\xbaH\x03\xd8\x01\x03\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask:k\xbaHh\x1a\x66\n\x12\x63lient.id.required\x12(client.id must name the client to update\x1a&has(this.client) && this.client.id > 0\"9\n\x14UpdateClientResponse\x12!\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x11.studio.v1.Client\"A\n\x13\x44\x65leteClientRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18(\"\x16\n\x14\x44\x65leteClientResponse\"t\n\x19ListClientProjectsRequest\x12\x1d\n\tclient_id\x18\x01 \x01(\x03\x42\n\xbaH\x07\"\x02 \x00\xc8\x01\x01\x12\x1a\n\tpage_size\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"a\n\x1aListClientProjectsResponse\x12*\n\x08projects\x18\x01 \x03(\x0b\x32\x18.studio.v1.ClientProject\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc2\x01\n\rClientProject\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\x12\x15\n\rsession_count\x18\x02 \x01(\x03\x12\x16\n\x0e\x62ooked_minutes\x18\x03 \x01(\x03\x12\x14\n\x0c\x62ooked_hours\x18\x04 \x01(\t\x12\x17\n\x0ftracked_minutes\x18\x05 \x01(\x03\x12\x15\n\rtracked_hours\x18\x06 \x01(\t\x12\x17\n\x0f\x62illable_amount\x18\x07 \x01(\t*^\n\nClientType\x12\x1b\n\x17\x43LIENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43LIENT_TYPE_INDIVIDUAL\x10\x01\x12\x17\n\x13\x43LIENT_TYPE_COMPANY\x10\x02\x32\x8a\x04\n\rClientService\x12K\n\tGetClient\x12\x1b.studio.v1.GetClientRequest\x1a\x1c.studio.v1.GetClientResponse\"\x03\x90\x02\x01\x12Q\n\x0bListClients\x12\x1d.studio.v1.ListClientsRequest\x1a\x1e.studio.v1.ListClientsResponse\"\x03\x90\x02\x01\x12O\n\x0c\x43reateClient\x12\x1e.studio.v1.CreateClientRequest\x1a\x1f.studio.v1.CreateClientResponse\x12O\n\x0cUpdateClient\x12\x1e.studio.v1.UpdateClientRequest\x1a\x1f.studio.v1.UpdateClientResponse\x12O\n\x0c\x44\x65leteClient\x12\x1e.studio.v1.DeleteClientRequest\x1a\x1f.studio.v1.DeleteClientResponse\x12\x66\n\x12ListClientProjects\x12$.studio.v1.ListClientProjectsRequest\x1a%.studio.v1.ListClientProjectsResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -66,42 +67,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATECLIENTREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
   _globals['_UPDATECLIENTREQUEST'].fields_by_name['client']._loaded_options = None
   _globals['_UPDATECLIENTREQUEST'].fields_by_name['client']._serialized_options = b'\272H\003\330\001\003'
-  _globals['_UPDATECLIENTREQUEST'].fields_by_name['update_mask']._loaded_options = None
-  _globals['_UPDATECLIENTREQUEST'].fields_by_name['update_mask']._serialized_options = b'\272Hx\342\001u\022\001*\022\002id\022\004name\022\013artist_name\022\005email\022\005phone\022\004type\022\007address\022\004city\022\007country\022\005notes\022\006is_vip\022\013create_time\022\013update_time\022\004etag'
   _globals['_UPDATECLIENTREQUEST']._loaded_options = None
   _globals['_UPDATECLIENTREQUEST']._serialized_options = b'\272Hh\032f\n\022client.id.required\022(client.id must name the client to update\032&has(this.client) && this.client.id > 0'
   _globals['_DELETECLIENTREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_DELETECLIENTREQUEST'].fields_by_name['id']._serialized_options = b'\272H\004\"\002 \000'
   _globals['_DELETECLIENTREQUEST'].fields_by_name['etag']._loaded_options = None
   _globals['_DELETECLIENTREQUEST'].fields_by_name['etag']._serialized_options = b'\272H\004r\002\030('
+  _globals['_LISTCLIENTPROJECTSREQUEST'].fields_by_name['client_id']._loaded_options = None
+  _globals['_LISTCLIENTPROJECTSREQUEST'].fields_by_name['client_id']._serialized_options = b'\272H\007\"\002 \000\310\001\001'
+  _globals['_LISTCLIENTPROJECTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTCLIENTPROJECTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_LISTCLIENTPROJECTSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTCLIENTPROJECTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\004'
   _globals['_CLIENTSERVICE'].methods_by_name['GetClient']._loaded_options = None
   _globals['_CLIENTSERVICE'].methods_by_name['GetClient']._serialized_options = b'\220\002\001'
   _globals['_CLIENTSERVICE'].methods_by_name['ListClients']._loaded_options = None
   _globals['_CLIENTSERVICE'].methods_by_name['ListClients']._serialized_options = b'\220\002\001'
-  _globals['_CLIENTTYPE']._serialized_start=1473
-  _globals['_CLIENTTYPE']._serialized_end=1567
-  _globals['_CLIENT']._serialized_start=134
-  _globals['_CLIENT']._serialized_end=551
-  _globals['_GETCLIENTREQUEST']._serialized_start=553
-  _globals['_GETCLIENTREQUEST']._serialized_end=592
-  _globals['_GETCLIENTRESPONSE']._serialized_start=594
-  _globals['_GETCLIENTRESPONSE']._serialized_end=648
-  _globals['_LISTCLIENTSREQUEST']._serialized_start=650
-  _globals['_LISTCLIENTSREQUEST']._serialized_end=728
-  _globals['_LISTCLIENTSRESPONSE']._serialized_start=730
-  _globals['_LISTCLIENTSRESPONSE']._serialized_end=812
-  _globals['_CREATECLIENTREQUEST']._serialized_start=814
-  _globals['_CREATECLIENTREQUEST']._serialized_end=911
-  _globals['_CREATECLIENTRESPONSE']._serialized_start=913
-  _globals['_CREATECLIENTRESPONSE']._serialized_end=970
-  _globals['_UPDATECLIENTREQUEST']._serialized_start=973
-  _globals['_UPDATECLIENTREQUEST']._serialized_end=1321
-  _globals['_UPDATECLIENTRESPONSE']._serialized_start=1323
-  _globals['_UPDATECLIENTRESPONSE']._serialized_end=1380
-  _globals['_DELETECLIENTREQUEST']._serialized_start=1382
-  _globals['_DELETECLIENTREQUEST']._serialized_end=1447
-  _globals['_DELETECLIENTRESPONSE']._serialized_start=1449
-  _globals['_DELETECLIENTRESPONSE']._serialized_end=1471
-  _globals['_CLIENTSERVICE']._serialized_start=1570
-  _globals['_CLIENTSERVICE']._serialized_end=1988
+  _globals['_CLIENTSERVICE'].methods_by_name['ListClientProjects']._loaded_options = None
+  _globals['_CLIENTSERVICE'].methods_by_name['ListClientProjects']._serialized_options = b'\220\002\001'
+  _globals['_CLIENTTYPE']._serialized_start=1786
+  _globals['_CLIENTTYPE']._serialized_end=1880
+  _globals['_CLIENT']._serialized_start=159
+  _globals['_CLIENT']._serialized_end=576
+  _globals['_GETCLIENTREQUEST']._serialized_start=578
+  _globals['_GETCLIENTREQUEST']._serialized_end=617
+  _globals['_GETCLIENTRESPONSE']._serialized_start=619
+  _globals['_GETCLIENTRESPONSE']._serialized_end=673
+  _globals['_LISTCLIENTSREQUEST']._serialized_start=675
+  _globals['_LISTCLIENTSREQUEST']._serialized_end=753
+  _globals['_LISTCLIENTSRESPONSE']._serialized_start=755
+  _globals['_LISTCLIENTSRESPONSE']._serialized_end=837
+  _globals['_CREATECLIENTREQUEST']._serialized_start=839
+  _globals['_CREATECLIENTREQUEST']._serialized_end=936
+  _globals['_CREATECLIENTRESPONSE']._serialized_start=938
+  _globals['_CREATECLIENTRESPONSE']._serialized_end=995
+  _globals['_UPDATECLIENTREQUEST']._serialized_start=998
+  _globals['_UPDATECLIENTREQUEST']._serialized_end=1220
+  _globals['_UPDATECLIENTRESPONSE']._serialized_start=1222
+  _globals['_UPDATECLIENTRESPONSE']._serialized_end=1279
+  _globals['_DELETECLIENTREQUEST']._serialized_start=1281
+  _globals['_DELETECLIENTREQUEST']._serialized_end=1346
+  _globals['_DELETECLIENTRESPONSE']._serialized_start=1348
+  _globals['_DELETECLIENTRESPONSE']._serialized_end=1370
+  _globals['_LISTCLIENTPROJECTSREQUEST']._serialized_start=1372
+  _globals['_LISTCLIENTPROJECTSREQUEST']._serialized_end=1488
+  _globals['_LISTCLIENTPROJECTSRESPONSE']._serialized_start=1490
+  _globals['_LISTCLIENTPROJECTSRESPONSE']._serialized_end=1587
+  _globals['_CLIENTPROJECT']._serialized_start=1590
+  _globals['_CLIENTPROJECT']._serialized_end=1784
+  _globals['_CLIENTSERVICE']._serialized_start=1883
+  _globals['_CLIENTSERVICE']._serialized_end=2405
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from studio.v1 import project_pb2 as _project_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -297,6 +298,8 @@ class UpdateClientRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to write. A named field that is unset is cleared. Without a mask, every field
         that is set is written. "*" writes every field.
+        A path that is not a field of Client is INVALID_ARGUMENT (checked against the
+        message itself, so a new field needs no list here).
         """
 
     def __init__(
@@ -379,3 +382,109 @@ class DeleteClientResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteClientResponse: _TypeAlias = DeleteClientResponse  # noqa: Y015
+
+@_typing.final
+class ListClientProjectsRequest(_message.Message):
+    """Request of ListClientProjects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.int
+    """The client. Required."""
+    page_size: _builtins.int
+    """At most this many projects (0: 50; above 1000: 1000)."""
+    page_token: _builtins.str
+    """next_page_token of the previous page, sent with the same client; empty for the first."""
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListClientProjectsRequest: _TypeAlias = ListClientProjectsRequest  # noqa: Y015
+
+@_typing.final
+class ListClientProjectsResponse(_message.Message):
+    """Response of ListClientProjects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty when this is the last page."""
+    @_builtins.property
+    def projects(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientProject]:
+        """The client's projects of this page, by id, with their hours."""
+
+    def __init__(
+        self,
+        *,
+        projects: _abc.Iterable[Global___ClientProject] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "projects", b"projects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListClientProjectsResponse: _TypeAlias = ListClientProjectsResponse  # noqa: Y015
+
+@_typing.final
+class ClientProject(_message.Message):
+    """A project of a client and its hours. Hours are decimal strings rounded to the hundredth."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    SESSION_COUNT_FIELD_NUMBER: _builtins.int
+    BOOKED_MINUTES_FIELD_NUMBER: _builtins.int
+    BOOKED_HOURS_FIELD_NUMBER: _builtins.int
+    TRACKED_MINUTES_FIELD_NUMBER: _builtins.int
+    TRACKED_HOURS_FIELD_NUMBER: _builtins.int
+    BILLABLE_AMOUNT_FIELD_NUMBER: _builtins.int
+    session_count: _builtins.int
+    """How many sessions it has, whatever their status."""
+    booked_minutes: _builtins.int
+    """Minutes booked in its sessions that hold their room (not cancelled, not in conflict)."""
+    booked_hours: _builtins.str
+    """booked_minutes in hours ("12.50")."""
+    tracked_minutes: _builtins.int
+    """Minutes of time tracked against it, its sessions and its tracks (stopped entries)."""
+    tracked_hours: _builtins.str
+    """tracked_minutes in hours."""
+    billable_amount: _builtins.str
+    """Billable amount of that time ("1250.00")."""
+    @_builtins.property
+    def project(self) -> _project_pb2.Project:
+        """The project."""
+
+    def __init__(
+        self,
+        *,
+        project: _project_pb2.Project | None = ...,
+        session_count: _builtins.int = ...,
+        booked_minutes: _builtins.int = ...,
+        booked_hours: _builtins.str = ...,
+        tracked_minutes: _builtins.int = ...,
+        tracked_hours: _builtins.str = ...,
+        billable_amount: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["project", b"project"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["billable_amount", b"billable_amount", "booked_hours", b"booked_hours", "booked_minutes", b"booked_minutes", "project", b"project", "session_count", b"session_count", "tracked_hours", b"tracked_hours", "tracked_minutes", b"tracked_minutes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientProject: _TypeAlias = ClientProject  # noqa: Y015

@@ -61,6 +61,11 @@ class ClientServiceStub:
                 request_serializer=studio_dot_v1_dot_client__pb2.DeleteClientRequest.SerializeToString,
                 response_deserializer=studio_dot_v1_dot_client__pb2.DeleteClientResponse.FromString,
                 _registered_method=True)
+        self.ListClientProjects = channel.unary_unary(
+                '/studio.v1.ClientService/ListClientProjects',
+                request_serializer=studio_dot_v1_dot_client__pb2.ListClientProjectsRequest.SerializeToString,
+                response_deserializer=studio_dot_v1_dot_client__pb2.ListClientProjectsResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -104,6 +109,15 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListClientProjects(self, request, context):
+        """Lists the projects of a client by id, a page at a time, each with its hours: booked in
+        sessions and tracked as time (as GetProjectSummary counts them). FAILED_PRECONDITION
+        (CLIENT_NOT_FOUND) if the client does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +145,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.DeleteClient,
                     request_deserializer=studio_dot_v1_dot_client__pb2.DeleteClientRequest.FromString,
                     response_serializer=studio_dot_v1_dot_client__pb2.DeleteClientResponse.SerializeToString,
+            ),
+            'ListClientProjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClientProjects,
+                    request_deserializer=studio_dot_v1_dot_client__pb2.ListClientProjectsRequest.FromString,
+                    response_serializer=studio_dot_v1_dot_client__pb2.ListClientProjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +289,33 @@ class ClientService:
             '/studio.v1.ClientService/DeleteClient',
             studio_dot_v1_dot_client__pb2.DeleteClientRequest.SerializeToString,
             studio_dot_v1_dot_client__pb2.DeleteClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListClientProjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/studio.v1.ClientService/ListClientProjects',
+            studio_dot_v1_dot_client__pb2.ListClientProjectsRequest.SerializeToString,
+            studio_dot_v1_dot_client__pb2.ListClientProjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,11 @@ class ClientServiceStub:
     """Deletes a client. FAILED_PRECONDITION (CLIENT_HAS_PROJECTS, CLIENT_HAS_SESSIONS) while
     projects or sessions refer to it.
     """
+    ListClientProjects: _grpc.UnaryUnaryMultiCallable[_client_pb2.ListClientProjectsRequest, _client_pb2.ListClientProjectsResponse]
+    """Lists the projects of a client by id, a page at a time, each with its hours: booked in
+    sessions and tracked as time (as GetProjectSummary counts them). FAILED_PRECONDITION
+    (CLIENT_NOT_FOUND) if the client does not exist.
+    """
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -66,6 +71,11 @@ class ClientServiceAsyncStub(ClientServiceStub):
     DeleteClient: _aio.UnaryUnaryMultiCallable[_client_pb2.DeleteClientRequest, _client_pb2.DeleteClientResponse]  # type: ignore[assignment]
     """Deletes a client. FAILED_PRECONDITION (CLIENT_HAS_PROJECTS, CLIENT_HAS_SESSIONS) while
     projects or sessions refer to it.
+    """
+    ListClientProjects: _aio.UnaryUnaryMultiCallable[_client_pb2.ListClientProjectsRequest, _client_pb2.ListClientProjectsResponse]  # type: ignore[assignment]
+    """Lists the projects of a client by id, a page at a time, each with its hours: booked in
+    sessions and tracked as time (as GetProjectSummary counts them). FAILED_PRECONDITION
+    (CLIENT_NOT_FOUND) if the client does not exist.
     """
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -113,6 +123,17 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_client_pb2.DeleteClientResponse, _abc.Awaitable[_client_pb2.DeleteClientResponse]]:
         """Deletes a client. FAILED_PRECONDITION (CLIENT_HAS_PROJECTS, CLIENT_HAS_SESSIONS) while
         projects or sessions refer to it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListClientProjects(
+        self,
+        request: _client_pb2.ListClientProjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.ListClientProjectsResponse, _abc.Awaitable[_client_pb2.ListClientProjectsResponse]]:
+        """Lists the projects of a client by id, a page at a time, each with its hours: booked in
+        sessions and tracked as time (as GetProjectSummary counts them). FAILED_PRECONDITION
+        (CLIENT_NOT_FOUND) if the client does not exist.
         """
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .project_pb2 import CreateProjectRequest, CreateProjectResponse, DeleteProjectRequest, DeleteProjectResponse, GetProjectRequest, GetProjectResponse, ListProjectsRequest, ListProjectsResponse, UpdateProjectRequest, UpdateProjectResponse
+from .project_pb2 import CreateProjectRequest, CreateProjectResponse, DeleteProjectRequest, DeleteProjectResponse, GetProjectRequest, GetProjectResponse, GetProjectSummaryRequest, GetProjectSummaryResponse, ListProjectsRequest, ListProjectsResponse, UpdateProjectRequest, UpdateProjectResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -71,6 +71,15 @@ class ProjectService(Protocol):
         Deletes a project. Its sessions are kept and unlinked. FAILED_PRECONDITION
         (PROJECT_HAS_TRACKS) while it has tracks, unless force is set;
         (PROJECT_HAS_TIME_ENTRIES, TRACK_HAS_TIME_ENTRIES) while time is logged against it.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_project_summary(self, request: GetProjectSummaryRequest, ctx: RequestContext[GetProjectSummaryRequest, GetProjectSummaryResponse], /) -> GetProjectSummaryResponse:
+        """
+        What the project's work amounts to so far, in one round trip: its sessions (count,
+        booked time, by status), its tracks (by status), the time tracked against it, its
+        sessions and its tracks, and the money (session totals, deposits, billable time, what is
+        left of the budget). NOT_FOUND (PROJECT_NOT_FOUND) if there is no such project.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -142,6 +151,17 @@ class ProjectServiceASGIApplication(ConnectASGIApplication[ProjectService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.delete_project,
+                ),
+                "/studio.v1.ProjectService/GetProjectSummary": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetProjectSummary",
+                        service_name="studio.v1.ProjectService",
+                        input=GetProjectSummaryRequest,
+                        output=GetProjectSummaryResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_project_summary,
                 ),
             },
             interceptors=interceptors,
@@ -306,6 +326,34 @@ class ProjectServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def get_project_summary(
+        self,
+        request: GetProjectSummaryRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetProjectSummaryResponse:
+        """
+        What the project's work amounts to so far, in one round trip: its sessions (count,
+        booked time, by status), its tracks (by status), the time tracked against it, its
+        sessions and its tracks, and the money (session totals, deposits, billable time, what is
+        left of the budget). NOT_FOUND (PROJECT_NOT_FOUND) if there is no such project.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetProjectSummary",
+                service_name="studio.v1.ProjectService",
+                input=GetProjectSummaryRequest,
+                output=GetProjectSummaryResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
 
 class ProjectServiceSync(Protocol):
     """
@@ -341,6 +389,15 @@ class ProjectServiceSync(Protocol):
         Deletes a project. Its sessions are kept and unlinked. FAILED_PRECONDITION
         (PROJECT_HAS_TRACKS) while it has tracks, unless force is set;
         (PROJECT_HAS_TIME_ENTRIES, TRACK_HAS_TIME_ENTRIES) while time is logged against it.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_project_summary(self, request: GetProjectSummaryRequest, ctx: RequestContext[GetProjectSummaryRequest, GetProjectSummaryResponse], /) -> GetProjectSummaryResponse:
+        """
+        What the project's work amounts to so far, in one round trip: its sessions (count,
+        booked time, by status), its tracks (by status), the time tracked against it, its
+        sessions and its tracks, and the money (session totals, deposits, billable time, what is
+        left of the budget). NOT_FOUND (PROJECT_NOT_FOUND) if there is no such project.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -410,6 +467,17 @@ class ProjectServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.delete_project,
+                ),
+                "/studio.v1.ProjectService/GetProjectSummary": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetProjectSummary",
+                        service_name="studio.v1.ProjectService",
+                        input=GetProjectSummaryRequest,
+                        output=GetProjectSummaryResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.get_project_summary,
                 ),
             },
             interceptors=interceptors,
@@ -573,4 +641,32 @@ class ProjectServiceClientSync(ConnectClientSync):
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+        )
+    def get_project_summary(
+        self,
+        request: GetProjectSummaryRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetProjectSummaryResponse:
+        """
+        What the project's work amounts to so far, in one round trip: its sessions (count,
+        booked time, by status), its tracks (by status), the time tracked against it, its
+        sessions and its tracks, and the money (session totals, deposits, billable time, what is
+        left of the budget). NOT_FOUND (PROJECT_NOT_FOUND) if there is no such project.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetProjectSummary",
+                service_name="studio.v1.ProjectService",
+                input=GetProjectSummaryRequest,
+                output=GetProjectSummaryResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
         )

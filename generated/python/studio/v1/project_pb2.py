@@ -25,9 +25,12 @@ _sym_db = _symbol_database.Default()
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from studio.v1 import session_pb2 as studio_dot_v1_dot_session__pb2
+from studio.v1 import time_entry_pb2 as studio_dot_v1_dot_time__entry__pb2
+from studio.v1 import track_pb2 as studio_dot_v1_dot_track__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17studio/v1/project.proto\x12\tstudio.v1\x1a\x1b\x62uf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x05\n\x07Project\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x1d\n\tclient_id\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x02 \x00\xc8\x01\x01\x12\x19\n\x04name\x18\x03 \x01(\tB\x0b\xbaH\x08r\x03\x18\xff\x01\xc8\x01\x01\x12\x1d\n\x0b\x61rtist_name\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\xff\x01\x12\x1d\n\x0b\x64\x65scription\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\x90N\x12\x16\n\x05genre\x18\x06 \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12.\n\x04type\x18\x07 \x01(\x0e\x32\x16.studio.v1.ProjectTypeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x32\n\x06status\x18\x08 \x01(\x0e\x32\x18.studio.v1.ProjectStatusB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\xc2\x01\n\x06\x62udget\x18\t \x01(\tB\xb1\x01\xbaH\xad\x01\xba\x01\xa6\x01\n\ramount_format\x12^must be an amount like \"120.50\": up to 10 digits before the point, at most 2 after it, no sign\x1a\x35this.matches(\'^(0|[1-9][0-9]{0,9})([.][0-9]{1,2})?$\')\xd8\x01\x01\x12\x17\n\x05label\x18\n \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1f\n\x0e\x63\x61talog_number\x18\x0b \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12\x17\n\x05notes\x18\x0c \x01(\tB\x08\xbaH\x05r\x03\x18\x90N\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x04\x65tag\x18\x0f \x01(\tB\x07\xbaH\x04r\x02\x18(\"(\n\x11GetProjectRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\"9\n\x12GetProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\"~\n\x13ListProjectsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x1f\n\tclient_id\x18\x03 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00H\x00\x88\x01\x01\x42\x0c\n\n_client_id\"U\n\x14ListProjectsResponse\x12$\n\x08projects\x18\x01 \x03(\x0b\x32\x12.studio.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x14\x43reateProjectRequest\x12+\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.ProjectB\x06\xbaH\x03\xc8\x01\x01\x12\x1f\n\nrequest_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"<\n\x15\x43reateProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\"\xff\x02\n\x14UpdateProjectRequest\x12+\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.ProjectB\x06\xbaH\x03\xd8\x01\x03\x12\xc7\x01\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x95\x01\xbaH\x91\x01\xe2\x01\x8d\x01\x12\x01*\x12\x02id\x12\tclient_id\x12\x04name\x12\x0b\x61rtist_name\x12\x0b\x64\x65scription\x12\x05genre\x12\x04type\x12\x06status\x12\x06\x62udget\x12\x05label\x12\x0e\x63\x61talog_number\x12\x05notes\x12\x0b\x63reate_time\x12\x0bupdate_time\x12\x04\x65tag:p\xbaHm\x1ak\n\x13project.id.required\x12*project.id must name the project to update\x1a(has(this.project) && this.project.id > 0\"<\n\x15UpdateProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\"Q\n\x14\x44\x65leteProjectRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18(\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x17\n\x15\x44\x65leteProjectResponse*\xbf\x01\n\x0bProjectType\x12\x1c\n\x18PROJECT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12PROJECT_TYPE_ALBUM\x10\x01\x12\x13\n\x0fPROJECT_TYPE_EP\x10\x02\x12\x17\n\x13PROJECT_TYPE_SINGLE\x10\x03\x12\x15\n\x11PROJECT_TYPE_DEMO\x10\x04\x12\x1b\n\x17PROJECT_TYPE_SOUNDTRACK\x10\x05\x12\x18\n\x14PROJECT_TYPE_PODCAST\x10\x06*\x9e\x02\n\rProjectStatus\x12\x1e\n\x1aPROJECT_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dPROJECT_STATUS_PRE_PRODUCTION\x10\x01\x12\x1c\n\x18PROJECT_STATUS_RECORDING\x10\x02\x12\x1a\n\x16PROJECT_STATUS_EDITING\x10\x03\x12\x19\n\x15PROJECT_STATUS_MIXING\x10\x04\x12\x1c\n\x18PROJECT_STATUS_MASTERING\x10\x05\x12\x1c\n\x18PROJECT_STATUS_COMPLETED\x10\x06\x12\x1c\n\x18PROJECT_STATUS_DELIVERED\x10\x07\x12\x1b\n\x17PROJECT_STATUS_ARCHIVED\x10\x08\x32\xb2\x03\n\x0eProjectService\x12N\n\nGetProject\x12\x1c.studio.v1.GetProjectRequest\x1a\x1d.studio.v1.GetProjectResponse\"\x03\x90\x02\x01\x12T\n\x0cListProjects\x12\x1e.studio.v1.ListProjectsRequest\x1a\x1f.studio.v1.ListProjectsResponse\"\x03\x90\x02\x01\x12R\n\rCreateProject\x12\x1f.studio.v1.CreateProjectRequest\x1a .studio.v1.CreateProjectResponse\x12R\n\rUpdateProject\x12\x1f.studio.v1.UpdateProjectRequest\x1a .studio.v1.UpdateProjectResponse\x12R\n\rDeleteProject\x12\x1f.studio.v1.DeleteProjectRequest\x1a .studio.v1.DeleteProjectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17studio/v1/project.proto\x12\tstudio.v1\x1a\x1b\x62uf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17studio/v1/session.proto\x1a\x1astudio/v1/time_entry.proto\x1a\x15studio/v1/track.proto\"\x9a\x05\n\x07Project\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x1d\n\tclient_id\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x02 \x00\xc8\x01\x01\x12\x19\n\x04name\x18\x03 \x01(\tB\x0b\xbaH\x08r\x03\x18\xff\x01\xc8\x01\x01\x12\x1d\n\x0b\x61rtist_name\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\xff\x01\x12\x1d\n\x0b\x64\x65scription\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\x90N\x12\x16\n\x05genre\x18\x06 \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12.\n\x04type\x18\x07 \x01(\x0e\x32\x16.studio.v1.ProjectTypeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x32\n\x06status\x18\x08 \x01(\x0e\x32\x18.studio.v1.ProjectStatusB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\xc2\x01\n\x06\x62udget\x18\t \x01(\tB\xb1\x01\xbaH\xad\x01\xba\x01\xa6\x01\n\ramount_format\x12^must be an amount like \"120.50\": up to 10 digits before the point, at most 2 after it, no sign\x1a\x35this.matches(\'^(0|[1-9][0-9]{0,9})([.][0-9]{1,2})?$\')\xd8\x01\x01\x12\x17\n\x05label\x18\n \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1f\n\x0e\x63\x61talog_number\x18\x0b \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x12\x17\n\x05notes\x18\x0c \x01(\tB\x08\xbaH\x05r\x03\x18\x90N\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x04\x65tag\x18\x0f \x01(\tB\x07\xbaH\x04r\x02\x18(\"(\n\x11GetProjectRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\"9\n\x12GetProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\"~\n\x13ListProjectsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x1f\n\tclient_id\x18\x03 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00H\x00\x88\x01\x01\x42\x0c\n\n_client_id\"U\n\x14ListProjectsResponse\x12$\n\x08projects\x18\x01 \x03(\x0b\x32\x12.studio.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x14\x43reateProjectRequest\x12+\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.ProjectB\x06\xbaH\x03\xc8\x01\x01\x12\x1f\n\nrequest_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"<\n\x15\x43reateProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\"\xe6\x01\n\x14UpdateProjectRequest\x12+\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.ProjectB\x06\xbaH\x03\xd8\x01\x03\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask:p\xbaHm\x1ak\n\x13project.id.required\x12*project.id must name the project to update\x1a(has(this.project) && this.project.id > 0\"<\n\x15UpdateProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.studio.v1.Project\"Q\n\x14\x44\x65leteProjectRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18(\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x17\n\x15\x44\x65leteProjectResponse\"/\n\x18GetProjectSummaryRequest\x12\x13\n\x02id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\"G\n\x19GetProjectSummaryResponse\x12*\n\x07summary\x18\x01 \x01(\x0b\x32\x19.studio.v1.ProjectSummary\"\xc9\x01\n\x0eProjectSummary\x12\x12\n\nproject_id\x18\x01 \x01(\x03\x12*\n\x08sessions\x18\x02 \x01(\x0b\x32\x18.studio.v1.SessionRollup\x12&\n\x06tracks\x18\x03 \x01(\x0b\x32\x16.studio.v1.TrackRollup\x12#\n\x04time\x18\x04 \x01(\x0b\x32\x15.studio.v1.TimeTotals\x12*\n\x07\x61mounts\x18\x05 \x01(\x0b\x32\x19.studio.v1.ProjectAmounts\"~\n\rSessionRollup\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x16\n\x0e\x62ooked_minutes\x18\x02 \x01(\x03\x12\x14\n\x0c\x62ooked_hours\x18\x03 \x01(\t\x12\x30\n\tby_status\x18\x04 \x03(\x0b\x32\x1d.studio.v1.SessionStatusCount\"^\n\x12SessionStatusCount\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.studio.v1.SessionStatus\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x0f\n\x07minutes\x18\x03 \x01(\x03\"L\n\x0bTrackRollup\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12.\n\tby_status\x18\x02 \x03(\x0b\x32\x1b.studio.v1.TrackStatusCount\"I\n\x10TrackStatusCount\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.studio.v1.TrackStatus\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x94\x01\n\x0eProjectAmounts\x12\x15\n\rsession_total\x18\x01 \x01(\t\x12\x15\n\rdeposits_paid\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65posits_due\x18\x03 \x01(\t\x12\x15\n\rtime_billable\x18\x04 \x01(\t\x12\r\n\x05total\x18\x05 \x01(\t\x12\x18\n\x10\x62udget_remaining\x18\x06 \x01(\t*\xbf\x01\n\x0bProjectType\x12\x1c\n\x18PROJECT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12PROJECT_TYPE_ALBUM\x10\x01\x12\x13\n\x0fPROJECT_TYPE_EP\x10\x02\x12\x17\n\x13PROJECT_TYPE_SINGLE\x10\x03\x12\x15\n\x11PROJECT_TYPE_DEMO\x10\x04\x12\x1b\n\x17PROJECT_TYPE_SOUNDTRACK\x10\x05\x12\x18\n\x14PROJECT_TYPE_PODCAST\x10\x06*\x9e\x02\n\rProjectStatus\x12\x1e\n\x1aPROJECT_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dPROJECT_STATUS_PRE_PRODUCTION\x10\x01\x12\x1c\n\x18PROJECT_STATUS_RECORDING\x10\x02\x12\x1a\n\x16PROJECT_STATUS_EDITING\x10\x03\x12\x19\n\x15PROJECT_STATUS_MIXING\x10\x04\x12\x1c\n\x18PROJECT_STATUS_MASTERING\x10\x05\x12\x1c\n\x18PROJECT_STATUS_COMPLETED\x10\x06\x12\x1c\n\x18PROJECT_STATUS_DELIVERED\x10\x07\x12\x1b\n\x17PROJECT_STATUS_ARCHIVED\x10\x08\x32\x97\x04\n\x0eProjectService\x12N\n\nGetProject\x12\x1c.studio.v1.GetProjectRequest\x1a\x1d.studio.v1.GetProjectResponse\"\x03\x90\x02\x01\x12T\n\x0cListProjects\x12\x1e.studio.v1.ListProjectsRequest\x1a\x1f.studio.v1.ListProjectsResponse\"\x03\x90\x02\x01\x12R\n\rCreateProject\x12\x1f.studio.v1.CreateProjectRequest\x1a .studio.v1.CreateProjectResponse\x12R\n\rUpdateProject\x12\x1f.studio.v1.UpdateProjectRequest\x1a .studio.v1.UpdateProjectResponse\x12R\n\rDeleteProject\x12\x1f.studio.v1.DeleteProjectRequest\x1a .studio.v1.DeleteProjectResponse\x12\x63\n\x11GetProjectSummary\x12#.studio.v1.GetProjectSummaryRequest\x1a$.studio.v1.GetProjectSummaryResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -72,44 +75,62 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEPROJECTREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
   _globals['_UPDATEPROJECTREQUEST'].fields_by_name['project']._loaded_options = None
   _globals['_UPDATEPROJECTREQUEST'].fields_by_name['project']._serialized_options = b'\272H\003\330\001\003'
-  _globals['_UPDATEPROJECTREQUEST'].fields_by_name['update_mask']._loaded_options = None
-  _globals['_UPDATEPROJECTREQUEST'].fields_by_name['update_mask']._serialized_options = b'\272H\221\001\342\001\215\001\022\001*\022\002id\022\tclient_id\022\004name\022\013artist_name\022\013description\022\005genre\022\004type\022\006status\022\006budget\022\005label\022\016catalog_number\022\005notes\022\013create_time\022\013update_time\022\004etag'
   _globals['_UPDATEPROJECTREQUEST']._loaded_options = None
   _globals['_UPDATEPROJECTREQUEST']._serialized_options = b'\272Hm\032k\n\023project.id.required\022*project.id must name the project to update\032(has(this.project) && this.project.id > 0'
   _globals['_DELETEPROJECTREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_DELETEPROJECTREQUEST'].fields_by_name['id']._serialized_options = b'\272H\004\"\002 \000'
   _globals['_DELETEPROJECTREQUEST'].fields_by_name['etag']._loaded_options = None
   _globals['_DELETEPROJECTREQUEST'].fields_by_name['etag']._serialized_options = b'\272H\004r\002\030('
+  _globals['_GETPROJECTSUMMARYREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_GETPROJECTSUMMARYREQUEST'].fields_by_name['id']._serialized_options = b'\272H\004\"\002 \000'
   _globals['_PROJECTSERVICE'].methods_by_name['GetProject']._loaded_options = None
   _globals['_PROJECTSERVICE'].methods_by_name['GetProject']._serialized_options = b'\220\002\001'
   _globals['_PROJECTSERVICE'].methods_by_name['ListProjects']._loaded_options = None
   _globals['_PROJECTSERVICE'].methods_by_name['ListProjects']._serialized_options = b'\220\002\001'
-  _globals['_PROJECTTYPE']._serialized_start=1840
-  _globals['_PROJECTTYPE']._serialized_end=2031
-  _globals['_PROJECTSTATUS']._serialized_start=2034
-  _globals['_PROJECTSTATUS']._serialized_end=2320
-  _globals['_PROJECT']._serialized_start=135
-  _globals['_PROJECT']._serialized_end=801
-  _globals['_GETPROJECTREQUEST']._serialized_start=803
-  _globals['_GETPROJECTREQUEST']._serialized_end=843
-  _globals['_GETPROJECTRESPONSE']._serialized_start=845
-  _globals['_GETPROJECTRESPONSE']._serialized_end=902
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=904
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=1030
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=1032
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=1117
-  _globals['_CREATEPROJECTREQUEST']._serialized_start=1119
-  _globals['_CREATEPROJECTREQUEST']._serialized_end=1219
-  _globals['_CREATEPROJECTRESPONSE']._serialized_start=1221
-  _globals['_CREATEPROJECTRESPONSE']._serialized_end=1281
-  _globals['_UPDATEPROJECTREQUEST']._serialized_start=1284
-  _globals['_UPDATEPROJECTREQUEST']._serialized_end=1667
-  _globals['_UPDATEPROJECTRESPONSE']._serialized_start=1669
-  _globals['_UPDATEPROJECTRESPONSE']._serialized_end=1729
-  _globals['_DELETEPROJECTREQUEST']._serialized_start=1731
-  _globals['_DELETEPROJECTREQUEST']._serialized_end=1812
-  _globals['_DELETEPROJECTRESPONSE']._serialized_start=1814
-  _globals['_DELETEPROJECTRESPONSE']._serialized_end=1837
-  _globals['_PROJECTSERVICE']._serialized_start=2323
-  _globals['_PROJECTSERVICE']._serialized_end=2757
+  _globals['_PROJECTSERVICE'].methods_by_name['GetProjectSummary']._loaded_options = None
+  _globals['_PROJECTSERVICE'].methods_by_name['GetProjectSummary']._serialized_options = b'\220\002\001'
+  _globals['_PROJECTTYPE']._serialized_start=2617
+  _globals['_PROJECTTYPE']._serialized_end=2808
+  _globals['_PROJECTSTATUS']._serialized_start=2811
+  _globals['_PROJECTSTATUS']._serialized_end=3097
+  _globals['_PROJECT']._serialized_start=211
+  _globals['_PROJECT']._serialized_end=877
+  _globals['_GETPROJECTREQUEST']._serialized_start=879
+  _globals['_GETPROJECTREQUEST']._serialized_end=919
+  _globals['_GETPROJECTRESPONSE']._serialized_start=921
+  _globals['_GETPROJECTRESPONSE']._serialized_end=978
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=980
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=1106
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=1108
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=1193
+  _globals['_CREATEPROJECTREQUEST']._serialized_start=1195
+  _globals['_CREATEPROJECTREQUEST']._serialized_end=1295
+  _globals['_CREATEPROJECTRESPONSE']._serialized_start=1297
+  _globals['_CREATEPROJECTRESPONSE']._serialized_end=1357
+  _globals['_UPDATEPROJECTREQUEST']._serialized_start=1360
+  _globals['_UPDATEPROJECTREQUEST']._serialized_end=1590
+  _globals['_UPDATEPROJECTRESPONSE']._serialized_start=1592
+  _globals['_UPDATEPROJECTRESPONSE']._serialized_end=1652
+  _globals['_DELETEPROJECTREQUEST']._serialized_start=1654
+  _globals['_DELETEPROJECTREQUEST']._serialized_end=1735
+  _globals['_DELETEPROJECTRESPONSE']._serialized_start=1737
+  _globals['_DELETEPROJECTRESPONSE']._serialized_end=1760
+  _globals['_GETPROJECTSUMMARYREQUEST']._serialized_start=1762
+  _globals['_GETPROJECTSUMMARYREQUEST']._serialized_end=1809
+  _globals['_GETPROJECTSUMMARYRESPONSE']._serialized_start=1811
+  _globals['_GETPROJECTSUMMARYRESPONSE']._serialized_end=1882
+  _globals['_PROJECTSUMMARY']._serialized_start=1885
+  _globals['_PROJECTSUMMARY']._serialized_end=2086
+  _globals['_SESSIONROLLUP']._serialized_start=2088
+  _globals['_SESSIONROLLUP']._serialized_end=2214
+  _globals['_SESSIONSTATUSCOUNT']._serialized_start=2216
+  _globals['_SESSIONSTATUSCOUNT']._serialized_end=2310
+  _globals['_TRACKROLLUP']._serialized_start=2312
+  _globals['_TRACKROLLUP']._serialized_end=2388
+  _globals['_TRACKSTATUSCOUNT']._serialized_start=2390
+  _globals['_TRACKSTATUSCOUNT']._serialized_end=2463
+  _globals['_PROJECTAMOUNTS']._serialized_start=2466
+  _globals['_PROJECTAMOUNTS']._serialized_end=2614
+  _globals['_PROJECTSERVICE']._serialized_start=3100
+  _globals['_PROJECTSERVICE']._serialized_end=3635
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,9 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from studio.v1 import session_pb2 as _session_pb2
+from studio.v1 import time_entry_pb2 as _time_entry_pb2
+from studio.v1 import track_pb2 as _track_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -369,6 +372,8 @@ class UpdateProjectRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to write. A named field that is unset is cleared (or reset to its default).
         Without a mask, every field that is set is written. "*" writes every field.
+        A path that is not a field of Project is INVALID_ARGUMENT (checked against the
+        message itself, so a new field needs no list here).
         """
 
     def __init__(
@@ -455,3 +460,263 @@ class DeleteProjectResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteProjectResponse: _TypeAlias = DeleteProjectResponse  # noqa: Y015
+
+@_typing.final
+class GetProjectSummaryRequest(_message.Message):
+    """Request of GetProjectSummary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The project's id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProjectSummaryRequest: _TypeAlias = GetProjectSummaryRequest  # noqa: Y015
+
+@_typing.final
+class GetProjectSummaryResponse(_message.Message):
+    """Response of GetProjectSummary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def summary(self) -> Global___ProjectSummary:
+        """The project's rollups."""
+
+    def __init__(
+        self,
+        *,
+        summary: Global___ProjectSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProjectSummaryResponse: _TypeAlias = GetProjectSummaryResponse  # noqa: Y015
+
+@_typing.final
+class ProjectSummary(_message.Message):
+    """A project's work so far. Amounts are exact decimal strings ("1250.00"); times are whole
+    minutes, and hours the same time as a decimal string rounded to the hundredth ("12.50").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    TRACKS_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    AMOUNTS_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.int
+    """The project."""
+    @_builtins.property
+    def sessions(self) -> Global___SessionRollup:
+        """Its sessions."""
+
+    @_builtins.property
+    def tracks(self) -> Global___TrackRollup:
+        """Its tracks."""
+
+    @_builtins.property
+    def time(self) -> _time_entry_pb2.TimeTotals:
+        """Time tracked against the project, its sessions and its tracks (what ListTimeEntries with
+        project_id and include_sessions_and_tracks lists).
+        """
+
+    @_builtins.property
+    def amounts(self) -> Global___ProjectAmounts:
+        """The money."""
+
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.int = ...,
+        sessions: Global___SessionRollup | None = ...,
+        tracks: Global___TrackRollup | None = ...,
+        time: _time_entry_pb2.TimeTotals | None = ...,
+        amounts: Global___ProjectAmounts | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amounts", b"amounts", "sessions", b"sessions", "time", b"time", "tracks", b"tracks"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amounts", b"amounts", "project_id", b"project_id", "sessions", b"sessions", "time", b"time", "tracks", b"tracks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProjectSummary: _TypeAlias = ProjectSummary  # noqa: Y015
+
+@_typing.final
+class SessionRollup(_message.Message):
+    """A project's sessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    BOOKED_MINUTES_FIELD_NUMBER: _builtins.int
+    BOOKED_HOURS_FIELD_NUMBER: _builtins.int
+    BY_STATUS_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many sessions belong to the project, whatever their status."""
+    booked_minutes: _builtins.int
+    """Minutes booked: the length of the sessions that hold their room (not cancelled, not in
+    conflict).
+    """
+    booked_hours: _builtins.str
+    """booked_minutes in hours ("12.50")."""
+    @_builtins.property
+    def by_status(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionStatusCount]:
+        """Per status present, by status: how many, and their minutes."""
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        booked_minutes: _builtins.int = ...,
+        booked_hours: _builtins.str = ...,
+        by_status: _abc.Iterable[Global___SessionStatusCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booked_hours", b"booked_hours", "booked_minutes", b"booked_minutes", "by_status", b"by_status", "count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRollup: _TypeAlias = SessionRollup  # noqa: Y015
+
+@_typing.final
+class SessionStatusCount(_message.Message):
+    """The sessions of one status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    MINUTES_FIELD_NUMBER: _builtins.int
+    status: _session_pb2.SessionStatus.ValueType
+    """The status."""
+    count: _builtins.int
+    """How many sessions."""
+    minutes: _builtins.int
+    """Their length, in minutes."""
+    def __init__(
+        self,
+        *,
+        status: _session_pb2.SessionStatus.ValueType = ...,
+        count: _builtins.int = ...,
+        minutes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "minutes", b"minutes", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStatusCount: _TypeAlias = SessionStatusCount  # noqa: Y015
+
+@_typing.final
+class TrackRollup(_message.Message):
+    """A project's tracks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    BY_STATUS_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many tracks."""
+    @_builtins.property
+    def by_status(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrackStatusCount]:
+        """Per status present, by status: how many."""
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        by_status: _abc.Iterable[Global___TrackStatusCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_status", b"by_status", "count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackRollup: _TypeAlias = TrackRollup  # noqa: Y015
+
+@_typing.final
+class TrackStatusCount(_message.Message):
+    """The tracks of one status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    status: _track_pb2.TrackStatus.ValueType
+    """The status."""
+    count: _builtins.int
+    """How many tracks."""
+    def __init__(
+        self,
+        *,
+        status: _track_pb2.TrackStatus.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackStatusCount: _TypeAlias = TrackStatusCount  # noqa: Y015
+
+@_typing.final
+class ProjectAmounts(_message.Message):
+    """What a project's work amounts to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_TOTAL_FIELD_NUMBER: _builtins.int
+    DEPOSITS_PAID_FIELD_NUMBER: _builtins.int
+    DEPOSITS_DUE_FIELD_NUMBER: _builtins.int
+    TIME_BILLABLE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    BUDGET_REMAINING_FIELD_NUMBER: _builtins.int
+    session_total: _builtins.str
+    """Sum of total_amount of the sessions that hold their room."""
+    deposits_paid: _builtins.str
+    """Sum of the deposits paid, of any session (a cancelled session's paid deposit included)."""
+    deposits_due: _builtins.str
+    """Sum of the deposits asked and not paid yet, of the sessions that hold their room."""
+    time_billable: _builtins.str
+    """Billable amount of the time tracked (time.billable_amount)."""
+    total: _builtins.str
+    """session_total + time_billable: what the project has cost so far."""
+    budget_remaining: _builtins.str
+    """budget - total (negative when over budget); empty when the project has no budget."""
+    def __init__(
+        self,
+        *,
+        session_total: _builtins.str = ...,
+        deposits_paid: _builtins.str = ...,
+        deposits_due: _builtins.str = ...,
+        time_billable: _builtins.str = ...,
+        total: _builtins.str = ...,
+        budget_remaining: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_remaining", b"budget_remaining", "deposits_due", b"deposits_due", "deposits_paid", b"deposits_paid", "session_total", b"session_total", "time_billable", b"time_billable", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProjectAmounts: _TypeAlias = ProjectAmounts  # noqa: Y015

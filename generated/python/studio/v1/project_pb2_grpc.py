@@ -60,6 +60,11 @@ class ProjectServiceStub:
                 request_serializer=studio_dot_v1_dot_project__pb2.DeleteProjectRequest.SerializeToString,
                 response_deserializer=studio_dot_v1_dot_project__pb2.DeleteProjectResponse.FromString,
                 _registered_method=True)
+        self.GetProjectSummary = channel.unary_unary(
+                '/studio.v1.ProjectService/GetProjectSummary',
+                request_serializer=studio_dot_v1_dot_project__pb2.GetProjectSummaryRequest.SerializeToString,
+                response_deserializer=studio_dot_v1_dot_project__pb2.GetProjectSummaryResponse.FromString,
+                _registered_method=True)
 
 
 class ProjectServiceServicer:
@@ -104,6 +109,16 @@ class ProjectServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetProjectSummary(self, request, context):
+        """What the project's work amounts to so far, in one round trip: its sessions (count,
+        booked time, by status), its tracks (by status), the time tracked against it, its
+        sessions and its tracks, and the money (session totals, deposits, billable time, what is
+        left of the budget). NOT_FOUND (PROJECT_NOT_FOUND) if there is no such project.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProjectServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +146,11 @@ def add_ProjectServiceServicer_to_server(servicer, server):
                     servicer.DeleteProject,
                     request_deserializer=studio_dot_v1_dot_project__pb2.DeleteProjectRequest.FromString,
                     response_serializer=studio_dot_v1_dot_project__pb2.DeleteProjectResponse.SerializeToString,
+            ),
+            'GetProjectSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProjectSummary,
+                    request_deserializer=studio_dot_v1_dot_project__pb2.GetProjectSummaryRequest.FromString,
+                    response_serializer=studio_dot_v1_dot_project__pb2.GetProjectSummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +289,33 @@ class ProjectService:
             '/studio.v1.ProjectService/DeleteProject',
             studio_dot_v1_dot_project__pb2.DeleteProjectRequest.SerializeToString,
             studio_dot_v1_dot_project__pb2.DeleteProjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProjectSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/studio.v1.ProjectService/GetProjectSummary',
+            studio_dot_v1_dot_project__pb2.GetProjectSummaryRequest.SerializeToString,
+            studio_dot_v1_dot_project__pb2.GetProjectSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

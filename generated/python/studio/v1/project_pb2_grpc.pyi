@@ -48,6 +48,12 @@ class ProjectServiceStub:
     (PROJECT_HAS_TRACKS) while it has tracks, unless force is set;
     (PROJECT_HAS_TIME_ENTRIES, TRACK_HAS_TIME_ENTRIES) while time is logged against it.
     """
+    GetProjectSummary: _grpc.UnaryUnaryMultiCallable[_project_pb2.GetProjectSummaryRequest, _project_pb2.GetProjectSummaryResponse]
+    """What the project's work amounts to so far, in one round trip: its sessions (count,
+    booked time, by status), its tracks (by status), the time tracked against it, its
+    sessions and its tracks, and the money (session totals, deposits, billable time, what is
+    left of the budget). NOT_FOUND (PROJECT_NOT_FOUND) if there is no such project.
+    """
 
 @_typing.type_check_only
 class ProjectServiceAsyncStub(ProjectServiceStub):
@@ -68,6 +74,12 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     """Deletes a project. Its sessions are kept and unlinked. FAILED_PRECONDITION
     (PROJECT_HAS_TRACKS) while it has tracks, unless force is set;
     (PROJECT_HAS_TIME_ENTRIES, TRACK_HAS_TIME_ENTRIES) while time is logged against it.
+    """
+    GetProjectSummary: _aio.UnaryUnaryMultiCallable[_project_pb2.GetProjectSummaryRequest, _project_pb2.GetProjectSummaryResponse]  # type: ignore[assignment]
+    """What the project's work amounts to so far, in one round trip: its sessions (count,
+    booked time, by status), its tracks (by status), the time tracked against it, its
+    sessions and its tracks, and the money (session totals, deposits, billable time, what is
+    left of the budget). NOT_FOUND (PROJECT_NOT_FOUND) if there is no such project.
     """
 
 class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -116,6 +128,18 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes a project. Its sessions are kept and unlinked. FAILED_PRECONDITION
         (PROJECT_HAS_TRACKS) while it has tracks, unless force is set;
         (PROJECT_HAS_TIME_ENTRIES, TRACK_HAS_TIME_ENTRIES) while time is logged against it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetProjectSummary(
+        self,
+        request: _project_pb2.GetProjectSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_project_pb2.GetProjectSummaryResponse, _abc.Awaitable[_project_pb2.GetProjectSummaryResponse]]:
+        """What the project's work amounts to so far, in one round trip: its sessions (count,
+        booked time, by status), its tracks (by status), the time tracked against it, its
+        sessions and its tracks, and the money (session totals, deposits, billable time, what is
+        left of the budget). NOT_FOUND (PROJECT_NOT_FOUND) if there is no such project.
         """
 
 def add_ProjectServiceServicer_to_server(servicer: ProjectServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

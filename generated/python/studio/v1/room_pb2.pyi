@@ -317,6 +317,8 @@ class UpdateRoomRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to write. A named field that is unset is cleared (or reset to its default). Without
         a mask, every field that is set is written. "*" writes every field.
+        A path that is not a field of Room is INVALID_ARGUMENT (checked against the
+        message itself, so a new field needs no list here).
         """
 
     def __init__(

@@ -51,22 +51,25 @@ class SessionService(Protocol):
     async def list_sessions(self, request: ListSessionsRequest, ctx: RequestContext[ListSessionsRequest, ListSessionsResponse], /) -> ListSessionsResponse:
         """
         Lists sessions by start time, a page at a time, filtered by project, client, room or a
-        start-time window.
+        start-time window. A project, client or room that does not exist is FAILED_PRECONDITION
+        (PROJECT_NOT_FOUND, CLIENT_NOT_FOUND, ROOM_NOT_FOUND), not an empty list.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     async def create_session(self, request: CreateSessionRequest, ctx: RequestContext[CreateSessionRequest, CreateSessionResponse], /) -> CreateSessionResponse:
         """
         Books a session. FAILED_PRECONDITION if the client, room or project does not exist
-        (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND) or the project belongs to another
-        client (PROJECT_CLIENT_MISMATCH).
+        (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND), the project belongs to another
+        client (PROJECT_CLIENT_MISMATCH), or another session holds the room at that time
+        (ROOM_ALREADY_BOOKED, metadata conflictingSessionId).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     async def update_session(self, request: UpdateSessionRequest, ctx: RequestContext[UpdateSessionRequest, UpdateSessionResponse], /) -> UpdateSessionResponse:
         """
         Updates a session (PATCH semantics through update_mask). To unlink it from its project,
-        name project_id in update_mask and leave it unset.
+        name project_id in update_mask and leave it unset. Moving it over another booking of
+        its room is FAILED_PRECONDITION (ROOM_ALREADY_BOOKED).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -223,7 +226,8 @@ class SessionServiceClient(ConnectClient):
     ) -> ListSessionsResponse:
         """
         Lists sessions by start time, a page at a time, filtered by project, client, room or a
-        start-time window.
+        start-time window. A project, client or room that does not exist is FAILED_PRECONDITION
+        (PROJECT_NOT_FOUND, CLIENT_NOT_FOUND, ROOM_NOT_FOUND), not an empty list.
         """
         return await self.execute_unary(
             request=request,
@@ -248,8 +252,9 @@ class SessionServiceClient(ConnectClient):
     ) -> CreateSessionResponse:
         """
         Books a session. FAILED_PRECONDITION if the client, room or project does not exist
-        (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND) or the project belongs to another
-        client (PROJECT_CLIENT_MISMATCH).
+        (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND), the project belongs to another
+        client (PROJECT_CLIENT_MISMATCH), or another session holds the room at that time
+        (ROOM_ALREADY_BOOKED, metadata conflictingSessionId).
         """
         return await self.execute_unary(
             request=request,
@@ -273,7 +278,8 @@ class SessionServiceClient(ConnectClient):
     ) -> UpdateSessionResponse:
         """
         Updates a session (PATCH semantics through update_mask). To unlink it from its project,
-        name project_id in update_mask and leave it unset.
+        name project_id in update_mask and leave it unset. Moving it over another booking of
+        its room is FAILED_PRECONDITION (ROOM_ALREADY_BOOKED).
         """
         return await self.execute_unary(
             request=request,
@@ -327,22 +333,25 @@ class SessionServiceSync(Protocol):
     def list_sessions(self, request: ListSessionsRequest, ctx: RequestContext[ListSessionsRequest, ListSessionsResponse], /) -> ListSessionsResponse:
         """
         Lists sessions by start time, a page at a time, filtered by project, client, room or a
-        start-time window.
+        start-time window. A project, client or room that does not exist is FAILED_PRECONDITION
+        (PROJECT_NOT_FOUND, CLIENT_NOT_FOUND, ROOM_NOT_FOUND), not an empty list.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     def create_session(self, request: CreateSessionRequest, ctx: RequestContext[CreateSessionRequest, CreateSessionResponse], /) -> CreateSessionResponse:
         """
         Books a session. FAILED_PRECONDITION if the client, room or project does not exist
-        (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND) or the project belongs to another
-        client (PROJECT_CLIENT_MISMATCH).
+        (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND), the project belongs to another
+        client (PROJECT_CLIENT_MISMATCH), or another session holds the room at that time
+        (ROOM_ALREADY_BOOKED, metadata conflictingSessionId).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     def update_session(self, request: UpdateSessionRequest, ctx: RequestContext[UpdateSessionRequest, UpdateSessionResponse], /) -> UpdateSessionResponse:
         """
         Updates a session (PATCH semantics through update_mask). To unlink it from its project,
-        name project_id in update_mask and leave it unset.
+        name project_id in update_mask and leave it unset. Moving it over another booking of
+        its room is FAILED_PRECONDITION (ROOM_ALREADY_BOOKED).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -497,7 +506,8 @@ class SessionServiceClientSync(ConnectClientSync):
     ) -> ListSessionsResponse:
         """
         Lists sessions by start time, a page at a time, filtered by project, client, room or a
-        start-time window.
+        start-time window. A project, client or room that does not exist is FAILED_PRECONDITION
+        (PROJECT_NOT_FOUND, CLIENT_NOT_FOUND, ROOM_NOT_FOUND), not an empty list.
         """
         return self.execute_unary(
             request=request,
@@ -522,8 +532,9 @@ class SessionServiceClientSync(ConnectClientSync):
     ) -> CreateSessionResponse:
         """
         Books a session. FAILED_PRECONDITION if the client, room or project does not exist
-        (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND) or the project belongs to another
-        client (PROJECT_CLIENT_MISMATCH).
+        (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND), the project belongs to another
+        client (PROJECT_CLIENT_MISMATCH), or another session holds the room at that time
+        (ROOM_ALREADY_BOOKED, metadata conflictingSessionId).
         """
         return self.execute_unary(
             request=request,
@@ -547,7 +558,8 @@ class SessionServiceClientSync(ConnectClientSync):
     ) -> UpdateSessionResponse:
         """
         Updates a session (PATCH semantics through update_mask). To unlink it from its project,
-        name project_id in update_mask and leave it unset.
+        name project_id in update_mask and leave it unset. Moving it over another booking of
+        its room is FAILED_PRECONDITION (ROOM_ALREADY_BOOKED).
         """
         return self.execute_unary(
             request=request,

@@ -36,7 +36,13 @@ class _SessionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Session
     SESSION_STATUS_COMPLETED: _SessionStatus.ValueType  # 3
     """Done."""
     SESSION_STATUS_CANCELLED: _SessionStatus.ValueType  # 4
-    """Called off."""
+    """Called off. A cancelled session does not hold its room."""
+    SESSION_STATUS_CONFLICT: _SessionStatus.ValueType  # 5
+    """Double-booked: when rooms became conflict-free (tenant migration 0009), it overlapped an
+    earlier booking of its room, which kept the room. Set by the server only; like a
+    cancelled session it does not hold the room. Move it or cancel it: any other status is
+    then checked against the room like a new booking (ROOM_ALREADY_BOOKED).
+    """
 
 class SessionStatus(_SessionStatus, metaclass=_SessionStatusEnumTypeWrapper):
     """Where a session stands."""
@@ -50,7 +56,13 @@ SESSION_STATUS_IN_PROGRESS: SessionStatus.ValueType  # 2
 SESSION_STATUS_COMPLETED: SessionStatus.ValueType  # 3
 """Done."""
 SESSION_STATUS_CANCELLED: SessionStatus.ValueType  # 4
-"""Called off."""
+"""Called off. A cancelled session does not hold its room."""
+SESSION_STATUS_CONFLICT: SessionStatus.ValueType  # 5
+"""Double-booked: when rooms became conflict-free (tenant migration 0009), it overlapped an
+earlier booking of its room, which kept the room. Set by the server only; like a
+cancelled session it does not hold the room. Move it or cancel it: any other status is
+then checked against the room like a new booking (ROOM_ALREADY_BOOKED).
+"""
 Global___SessionStatus: _TypeAlias = SessionStatus  # noqa: Y015
 
 class _PaymentStatus:
@@ -87,7 +99,10 @@ Global___PaymentStatus: _TypeAlias = PaymentStatus  # noqa: Y015
 
 @_typing.final
 class Session(_message.Message):
-    """A booked session in one room, for one client, optionally within one of its projects."""
+    """A booked session in one room, for one client, optionally within one of its projects. A room
+    holds one session at a time: booking it over another session that is not cancelled is
+    FAILED_PRECONDITION (ROOM_ALREADY_BOOKED, naming that session).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -123,11 +138,11 @@ class Session(_message.Message):
     description: _builtins.str
     """Description."""
     status: Global___SessionStatus.ValueType
-    """Where the session stands. Defaults to scheduled."""
+    """Where the session stands. Defaults to scheduled. CONFLICT is the server's to set."""
     total_amount: _builtins.str
     """Amount billed, an exact decimal string ("300.00")."""
     deposit_amount: _builtins.str
-    """Deposit asked, an exact decimal string."""
+    """Deposit asked, an exact decimal string; at most total_amount."""
     deposit_paid: _builtins.bool
     """Whether the deposit was paid."""
     payment_status: Global___PaymentStatus.ValueType
@@ -138,11 +153,13 @@ class Session(_message.Message):
     """Changes on every write; send it back to refuse overwriting a change made in between."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """When the session starts. Required."""
+        """When the session starts, in 2000..2099. Required."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """When the session ends; after start_time. Required."""
+        """When the session ends: after start_time, at most 31 days later (a lockout), before 2100.
+        Required.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -395,6 +412,8 @@ class UpdateSessionRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to write. A named field that is unset is cleared (project_id: unlinked) or reset to
         its default. Without a mask, every field that is set is written. "*" writes every field.
+        A path that is not a field of Session is INVALID_ARGUMENT (checked against the
+        message itself, so a new field needs no list here).
         """
 
     def __init__(

@@ -77,7 +77,8 @@ class SessionServiceServicer:
 
     def ListSessions(self, request, context):
         """Lists sessions by start time, a page at a time, filtered by project, client, room or a
-        start-time window.
+        start-time window. A project, client or room that does not exist is FAILED_PRECONDITION
+        (PROJECT_NOT_FOUND, CLIENT_NOT_FOUND, ROOM_NOT_FOUND), not an empty list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,8 +86,9 @@ class SessionServiceServicer:
 
     def CreateSession(self, request, context):
         """Books a session. FAILED_PRECONDITION if the client, room or project does not exist
-        (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND) or the project belongs to another
-        client (PROJECT_CLIENT_MISMATCH).
+        (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND), the project belongs to another
+        client (PROJECT_CLIENT_MISMATCH), or another session holds the room at that time
+        (ROOM_ALREADY_BOOKED, metadata conflictingSessionId).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,7 +96,8 @@ class SessionServiceServicer:
 
     def UpdateSession(self, request, context):
         """Updates a session (PATCH semantics through update_mask). To unlink it from its project,
-        name project_id in update_mask and leave it unset.
+        name project_id in update_mask and leave it unset. Moving it over another booking of
+        its room is FAILED_PRECONDITION (ROOM_ALREADY_BOOKED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

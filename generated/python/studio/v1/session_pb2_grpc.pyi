@@ -39,16 +39,19 @@ class SessionServiceStub:
     """Gets one session. NOT_FOUND (SESSION_NOT_FOUND) if there is none with that id."""
     ListSessions: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListSessionsRequest, _session_pb2.ListSessionsResponse]
     """Lists sessions by start time, a page at a time, filtered by project, client, room or a
-    start-time window.
+    start-time window. A project, client or room that does not exist is FAILED_PRECONDITION
+    (PROJECT_NOT_FOUND, CLIENT_NOT_FOUND, ROOM_NOT_FOUND), not an empty list.
     """
     CreateSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateSessionRequest, _session_pb2.CreateSessionResponse]
     """Books a session. FAILED_PRECONDITION if the client, room or project does not exist
-    (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND) or the project belongs to another
-    client (PROJECT_CLIENT_MISMATCH).
+    (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND), the project belongs to another
+    client (PROJECT_CLIENT_MISMATCH), or another session holds the room at that time
+    (ROOM_ALREADY_BOOKED, metadata conflictingSessionId).
     """
     UpdateSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.UpdateSessionRequest, _session_pb2.UpdateSessionResponse]
     """Updates a session (PATCH semantics through update_mask). To unlink it from its project,
-    name project_id in update_mask and leave it unset.
+    name project_id in update_mask and leave it unset. Moving it over another booking of
+    its room is FAILED_PRECONDITION (ROOM_ALREADY_BOOKED).
     """
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteSessionRequest, _session_pb2.DeleteSessionResponse]
     """Deletes a session. FAILED_PRECONDITION (SESSION_HAS_TIME_ENTRIES) while time entries are
@@ -66,16 +69,19 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """Gets one session. NOT_FOUND (SESSION_NOT_FOUND) if there is none with that id."""
     ListSessions: _aio.UnaryUnaryMultiCallable[_session_pb2.ListSessionsRequest, _session_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """Lists sessions by start time, a page at a time, filtered by project, client, room or a
-    start-time window.
+    start-time window. A project, client or room that does not exist is FAILED_PRECONDITION
+    (PROJECT_NOT_FOUND, CLIENT_NOT_FOUND, ROOM_NOT_FOUND), not an empty list.
     """
     CreateSession: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateSessionRequest, _session_pb2.CreateSessionResponse]  # type: ignore[assignment]
     """Books a session. FAILED_PRECONDITION if the client, room or project does not exist
-    (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND) or the project belongs to another
-    client (PROJECT_CLIENT_MISMATCH).
+    (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND), the project belongs to another
+    client (PROJECT_CLIENT_MISMATCH), or another session holds the room at that time
+    (ROOM_ALREADY_BOOKED, metadata conflictingSessionId).
     """
     UpdateSession: _aio.UnaryUnaryMultiCallable[_session_pb2.UpdateSessionRequest, _session_pb2.UpdateSessionResponse]  # type: ignore[assignment]
     """Updates a session (PATCH semantics through update_mask). To unlink it from its project,
-    name project_id in update_mask and leave it unset.
+    name project_id in update_mask and leave it unset. Moving it over another booking of
+    its room is FAILED_PRECONDITION (ROOM_ALREADY_BOOKED).
     """
     DeleteSession: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteSessionRequest, _session_pb2.DeleteSessionResponse]  # type: ignore[assignment]
     """Deletes a session. FAILED_PRECONDITION (SESSION_HAS_TIME_ENTRIES) while time entries are
@@ -102,7 +108,8 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.ListSessionsResponse, _abc.Awaitable[_session_pb2.ListSessionsResponse]]:
         """Lists sessions by start time, a page at a time, filtered by project, client, room or a
-        start-time window.
+        start-time window. A project, client or room that does not exist is FAILED_PRECONDITION
+        (PROJECT_NOT_FOUND, CLIENT_NOT_FOUND, ROOM_NOT_FOUND), not an empty list.
         """
 
     @_abc_1.abstractmethod
@@ -112,8 +119,9 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.CreateSessionResponse, _abc.Awaitable[_session_pb2.CreateSessionResponse]]:
         """Books a session. FAILED_PRECONDITION if the client, room or project does not exist
-        (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND) or the project belongs to another
-        client (PROJECT_CLIENT_MISMATCH).
+        (CLIENT_NOT_FOUND, ROOM_NOT_FOUND, PROJECT_NOT_FOUND), the project belongs to another
+        client (PROJECT_CLIENT_MISMATCH), or another session holds the room at that time
+        (ROOM_ALREADY_BOOKED, metadata conflictingSessionId).
         """
 
     @_abc_1.abstractmethod
@@ -123,7 +131,8 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.UpdateSessionResponse, _abc.Awaitable[_session_pb2.UpdateSessionResponse]]:
         """Updates a session (PATCH semantics through update_mask). To unlink it from its project,
-        name project_id in update_mask and leave it unset.
+        name project_id in update_mask and leave it unset. Moving it over another booking of
+        its room is FAILED_PRECONDITION (ROOM_ALREADY_BOOKED).
         """
 
     @_abc_1.abstractmethod

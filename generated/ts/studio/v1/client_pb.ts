@@ -7,13 +7,15 @@ import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf
 import { file_buf_validate_validate } from "../../buf/validate/validate_pb.js";
 import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Project } from "./project_pb.js";
+import { file_studio_v1_project } from "./project_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file studio/v1/client.proto.
  */
 export const file_studio_v1_client: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdHVkaW8vdjEvY2xpZW50LnByb3RvEglzdHVkaW8udjEioQMKBkNsaWVudBIKCgJpZBgBIAEoAxIZCgRuYW1lGAIgASgJQgu6SAhyAxj/AcgBARIdCgthcnRpc3RfbmFtZRgDIAEoCUIIukgFcgMY/wESHAoFZW1haWwYBCABKAlCDbpICnIFGP8BYAHYAQESFgoFcGhvbmUYBSABKAlCB7pIBHICGDISLQoEdHlwZRgGIAEoDjIVLnN0dWRpby52MS5DbGllbnRUeXBlQgi6SAWCAQIQARIZCgdhZGRyZXNzGAcgASgJQgi6SAVyAxjQDxIVCgRjaXR5GAggASgJQge6SARyAhhkEhgKB2NvdW50cnkYCSABKAlCB7pIBHICGGQSFwoFbm90ZXMYCiABKAlCCLpIBXIDGJBOEg4KBmlzX3ZpcBgLIAEoCBIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKBGV0YWcYDiABKAlCB7pIBHICGCgiJwoQR2V0Q2xpZW50UmVxdWVzdBITCgJpZBgBIAEoA0IHukgEIgIgACI2ChFHZXRDbGllbnRSZXNwb25zZRIhCgZjbGllbnQYASABKAsyES5zdHVkaW8udjEuQ2xpZW50Ik4KEkxpc3RDbGllbnRzUmVxdWVzdBIaCglwYWdlX3NpemUYASABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQiUgoTTGlzdENsaWVudHNSZXNwb25zZRIiCgdjbGllbnRzGAEgAygLMhEuc3R1ZGlvLnYxLkNsaWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiYQoTQ3JlYXRlQ2xpZW50UmVxdWVzdBIpCgZjbGllbnQYASABKAsyES5zdHVkaW8udjEuQ2xpZW50Qga6SAPIAQESHwoKcmVxdWVzdF9pZBgCIAEoCUILukgIcgOwAQHYAQEiOQoUQ3JlYXRlQ2xpZW50UmVzcG9uc2USIQoGY2xpZW50GAEgASgLMhEuc3R1ZGlvLnYxLkNsaWVudCLcAgoTVXBkYXRlQ2xpZW50UmVxdWVzdBIpCgZjbGllbnQYASABKAsyES5zdHVkaW8udjEuQ2xpZW50Qga6SAPYAQMSrAEKC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0J7ukh44gF1EgEqEgJpZBIEbmFtZRILYXJ0aXN0X25hbWUSBWVtYWlsEgVwaG9uZRIEdHlwZRIHYWRkcmVzcxIEY2l0eRIHY291bnRyeRIFbm90ZXMSBmlzX3ZpcBILY3JlYXRlX3RpbWUSC3VwZGF0ZV90aW1lEgRldGFnOmu6SGgaZgoSY2xpZW50LmlkLnJlcXVpcmVkEihjbGllbnQuaWQgbXVzdCBuYW1lIHRoZSBjbGllbnQgdG8gdXBkYXRlGiZoYXModGhpcy5jbGllbnQpICYmIHRoaXMuY2xpZW50LmlkID4gMCI5ChRVcGRhdGVDbGllbnRSZXNwb25zZRIhCgZjbGllbnQYASABKAsyES5zdHVkaW8udjEuQ2xpZW50IkEKE0RlbGV0ZUNsaWVudFJlcXVlc3QSEwoCaWQYASABKANCB7pIBCICIAASFQoEZXRhZxgCIAEoCUIHukgEcgIYKCIWChREZWxldGVDbGllbnRSZXNwb25zZSpeCgpDbGllbnRUeXBlEhsKF0NMSUVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASGgoWQ0xJRU5UX1RZUEVfSU5ESVZJRFVBTBABEhcKE0NMSUVOVF9UWVBFX0NPTVBBTlkQAjKiAwoNQ2xpZW50U2VydmljZRJLCglHZXRDbGllbnQSGy5zdHVkaW8udjEuR2V0Q2xpZW50UmVxdWVzdBocLnN0dWRpby52MS5HZXRDbGllbnRSZXNwb25zZSIDkAIBElEKC0xpc3RDbGllbnRzEh0uc3R1ZGlvLnYxLkxpc3RDbGllbnRzUmVxdWVzdBoeLnN0dWRpby52MS5MaXN0Q2xpZW50c1Jlc3BvbnNlIgOQAgESTwoMQ3JlYXRlQ2xpZW50Eh4uc3R1ZGlvLnYxLkNyZWF0ZUNsaWVudFJlcXVlc3QaHy5zdHVkaW8udjEuQ3JlYXRlQ2xpZW50UmVzcG9uc2USTwoMVXBkYXRlQ2xpZW50Eh4uc3R1ZGlvLnYxLlVwZGF0ZUNsaWVudFJlcXVlc3QaHy5zdHVkaW8udjEuVXBkYXRlQ2xpZW50UmVzcG9uc2USTwoMRGVsZXRlQ2xpZW50Eh4uc3R1ZGlvLnYxLkRlbGV0ZUNsaWVudFJlcXVlc3QaHy5zdHVkaW8udjEuRGVsZXRlQ2xpZW50UmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("ChZzdHVkaW8vdjEvY2xpZW50LnByb3RvEglzdHVkaW8udjEioQMKBkNsaWVudBIKCgJpZBgBIAEoAxIZCgRuYW1lGAIgASgJQgu6SAhyAxj/AcgBARIdCgthcnRpc3RfbmFtZRgDIAEoCUIIukgFcgMY/wESHAoFZW1haWwYBCABKAlCDbpICnIFGP8BYAHYAQESFgoFcGhvbmUYBSABKAlCB7pIBHICGDISLQoEdHlwZRgGIAEoDjIVLnN0dWRpby52MS5DbGllbnRUeXBlQgi6SAWCAQIQARIZCgdhZGRyZXNzGAcgASgJQgi6SAVyAxjQDxIVCgRjaXR5GAggASgJQge6SARyAhhkEhgKB2NvdW50cnkYCSABKAlCB7pIBHICGGQSFwoFbm90ZXMYCiABKAlCCLpIBXIDGJBOEg4KBmlzX3ZpcBgLIAEoCBIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKBGV0YWcYDiABKAlCB7pIBHICGCgiJwoQR2V0Q2xpZW50UmVxdWVzdBITCgJpZBgBIAEoA0IHukgEIgIgACI2ChFHZXRDbGllbnRSZXNwb25zZRIhCgZjbGllbnQYASABKAsyES5zdHVkaW8udjEuQ2xpZW50Ik4KEkxpc3RDbGllbnRzUmVxdWVzdBIaCglwYWdlX3NpemUYASABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQiUgoTTGlzdENsaWVudHNSZXNwb25zZRIiCgdjbGllbnRzGAEgAygLMhEuc3R1ZGlvLnYxLkNsaWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiYQoTQ3JlYXRlQ2xpZW50UmVxdWVzdBIpCgZjbGllbnQYASABKAsyES5zdHVkaW8udjEuQ2xpZW50Qga6SAPIAQESHwoKcmVxdWVzdF9pZBgCIAEoCUILukgIcgOwAQHYAQEiOQoUQ3JlYXRlQ2xpZW50UmVzcG9uc2USIQoGY2xpZW50GAEgASgLMhEuc3R1ZGlvLnYxLkNsaWVudCLeAQoTVXBkYXRlQ2xpZW50UmVxdWVzdBIpCgZjbGllbnQYASABKAsyES5zdHVkaW8udjEuQ2xpZW50Qga6SAPYAQMSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrOmu6SGgaZgoSY2xpZW50LmlkLnJlcXVpcmVkEihjbGllbnQuaWQgbXVzdCBuYW1lIHRoZSBjbGllbnQgdG8gdXBkYXRlGiZoYXModGhpcy5jbGllbnQpICYmIHRoaXMuY2xpZW50LmlkID4gMCI5ChRVcGRhdGVDbGllbnRSZXNwb25zZRIhCgZjbGllbnQYASABKAsyES5zdHVkaW8udjEuQ2xpZW50IkEKE0RlbGV0ZUNsaWVudFJlcXVlc3QSEwoCaWQYASABKANCB7pIBCICIAASFQoEZXRhZxgCIAEoCUIHukgEcgIYKCIWChREZWxldGVDbGllbnRSZXNwb25zZSJ0ChlMaXN0Q2xpZW50UHJvamVjdHNSZXF1ZXN0Eh0KCWNsaWVudF9pZBgBIAEoA0IKukgHIgIgAMgBARIaCglwYWdlX3NpemUYAiABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgDIAEoCUIIukgFcgMYgAQiYQoaTGlzdENsaWVudFByb2plY3RzUmVzcG9uc2USKgoIcHJvamVjdHMYASADKAsyGC5zdHVkaW8udjEuQ2xpZW50UHJvamVjdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiwgEKDUNsaWVudFByb2plY3QSIwoHcHJvamVjdBgBIAEoCzISLnN0dWRpby52MS5Qcm9qZWN0EhUKDXNlc3Npb25fY291bnQYAiABKAMSFgoOYm9va2VkX21pbnV0ZXMYAyABKAMSFAoMYm9va2VkX2hvdXJzGAQgASgJEhcKD3RyYWNrZWRfbWludXRlcxgFIAEoAxIVCg10cmFja2VkX2hvdXJzGAYgASgJEhcKD2JpbGxhYmxlX2Ftb3VudBgHIAEoCSpeCgpDbGllbnRUeXBlEhsKF0NMSUVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASGgoWQ0xJRU5UX1RZUEVfSU5ESVZJRFVBTBABEhcKE0NMSUVOVF9UWVBFX0NPTVBBTlkQAjKKBAoNQ2xpZW50U2VydmljZRJLCglHZXRDbGllbnQSGy5zdHVkaW8udjEuR2V0Q2xpZW50UmVxdWVzdBocLnN0dWRpby52MS5HZXRDbGllbnRSZXNwb25zZSIDkAIBElEKC0xpc3RDbGllbnRzEh0uc3R1ZGlvLnYxLkxpc3RDbGllbnRzUmVxdWVzdBoeLnN0dWRpby52MS5MaXN0Q2xpZW50c1Jlc3BvbnNlIgOQAgESTwoMQ3JlYXRlQ2xpZW50Eh4uc3R1ZGlvLnYxLkNyZWF0ZUNsaWVudFJlcXVlc3QaHy5zdHVkaW8udjEuQ3JlYXRlQ2xpZW50UmVzcG9uc2USTwoMVXBkYXRlQ2xpZW50Eh4uc3R1ZGlvLnYxLlVwZGF0ZUNsaWVudFJlcXVlc3QaHy5zdHVkaW8udjEuVXBkYXRlQ2xpZW50UmVzcG9uc2USTwoMRGVsZXRlQ2xpZW50Eh4uc3R1ZGlvLnYxLkRlbGV0ZUNsaWVudFJlcXVlc3QaHy5zdHVkaW8udjEuRGVsZXRlQ2xpZW50UmVzcG9uc2USZgoSTGlzdENsaWVudFByb2plY3RzEiQuc3R1ZGlvLnYxLkxpc3RDbGllbnRQcm9qZWN0c1JlcXVlc3QaJS5zdHVkaW8udjEuTGlzdENsaWVudFByb2plY3RzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_studio_v1_project]);
 
 /**
  * A client of the studio.
@@ -293,6 +295,8 @@ export type UpdateClientRequest = Message<"studio.v1.UpdateClientRequest"> & {
   /**
    * Fields to write. A named field that is unset is cleared. Without a mask, every field
    * that is set is written. "*" writes every field.
+   * A path that is not a field of Client is INVALID_ARGUMENT (checked against the
+   * message itself, so a new field needs no list here).
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
    */
@@ -369,6 +373,132 @@ export type DeleteClientResponse = Message<"studio.v1.DeleteClientResponse"> & {
  */
 export const DeleteClientResponseSchema: GenMessage<DeleteClientResponse> = /*@__PURE__*/
   messageDesc(file_studio_v1_client, 10);
+
+/**
+ * Request of ListClientProjects.
+ *
+ * @generated from message studio.v1.ListClientProjectsRequest
+ */
+export type ListClientProjectsRequest = Message<"studio.v1.ListClientProjectsRequest"> & {
+  /**
+   * The client. Required.
+   *
+   * @generated from field: int64 client_id = 1;
+   */
+  clientId: bigint;
+
+  /**
+   * At most this many projects (0: 50; above 1000: 1000).
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page, sent with the same client; empty for the first.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message studio.v1.ListClientProjectsRequest.
+ * Use `create(ListClientProjectsRequestSchema)` to create a new message.
+ */
+export const ListClientProjectsRequestSchema: GenMessage<ListClientProjectsRequest> = /*@__PURE__*/
+  messageDesc(file_studio_v1_client, 11);
+
+/**
+ * Response of ListClientProjects.
+ *
+ * @generated from message studio.v1.ListClientProjectsResponse
+ */
+export type ListClientProjectsResponse = Message<"studio.v1.ListClientProjectsResponse"> & {
+  /**
+   * The client's projects of this page, by id, with their hours.
+   *
+   * @generated from field: repeated studio.v1.ClientProject projects = 1;
+   */
+  projects: ClientProject[];
+
+  /**
+   * Token of the next page; empty when this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message studio.v1.ListClientProjectsResponse.
+ * Use `create(ListClientProjectsResponseSchema)` to create a new message.
+ */
+export const ListClientProjectsResponseSchema: GenMessage<ListClientProjectsResponse> = /*@__PURE__*/
+  messageDesc(file_studio_v1_client, 12);
+
+/**
+ * A project of a client and its hours. Hours are decimal strings rounded to the hundredth.
+ *
+ * @generated from message studio.v1.ClientProject
+ */
+export type ClientProject = Message<"studio.v1.ClientProject"> & {
+  /**
+   * The project.
+   *
+   * @generated from field: studio.v1.Project project = 1;
+   */
+  project?: Project | undefined;
+
+  /**
+   * How many sessions it has, whatever their status.
+   *
+   * @generated from field: int64 session_count = 2;
+   */
+  sessionCount: bigint;
+
+  /**
+   * Minutes booked in its sessions that hold their room (not cancelled, not in conflict).
+   *
+   * @generated from field: int64 booked_minutes = 3;
+   */
+  bookedMinutes: bigint;
+
+  /**
+   * booked_minutes in hours ("12.50").
+   *
+   * @generated from field: string booked_hours = 4;
+   */
+  bookedHours: string;
+
+  /**
+   * Minutes of time tracked against it, its sessions and its tracks (stopped entries).
+   *
+   * @generated from field: int64 tracked_minutes = 5;
+   */
+  trackedMinutes: bigint;
+
+  /**
+   * tracked_minutes in hours.
+   *
+   * @generated from field: string tracked_hours = 6;
+   */
+  trackedHours: string;
+
+  /**
+   * Billable amount of that time ("1250.00").
+   *
+   * @generated from field: string billable_amount = 7;
+   */
+  billableAmount: string;
+};
+
+/**
+ * Describes the message studio.v1.ClientProject.
+ * Use `create(ClientProjectSchema)` to create a new message.
+ */
+export const ClientProjectSchema: GenMessage<ClientProject> = /*@__PURE__*/
+  messageDesc(file_studio_v1_client, 13);
 
 /**
  * Whether a client is a person or a company.
@@ -461,6 +591,18 @@ export const ClientService: GenService<{
     methodKind: "unary";
     input: typeof DeleteClientRequestSchema;
     output: typeof DeleteClientResponseSchema;
+  },
+  /**
+   * Lists the projects of a client by id, a page at a time, each with its hours: booked in
+   * sessions and tracked as time (as GetProjectSummary counts them). FAILED_PRECONDITION
+   * (CLIENT_NOT_FOUND) if the client does not exist.
+   *
+   * @generated from rpc studio.v1.ClientService.ListClientProjects
+   */
+  listClientProjects: {
+    methodKind: "unary";
+    input: typeof ListClientProjectsRequestSchema;
+    output: typeof ListClientProjectsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_studio_v1_client, 0);

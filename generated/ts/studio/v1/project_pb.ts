@@ -7,13 +7,19 @@ import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf
 import { file_buf_validate_validate } from "../../buf/validate/validate_pb.js";
 import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { SessionStatus } from "./session_pb.js";
+import { file_studio_v1_session } from "./session_pb.js";
+import type { TimeTotals } from "./time_entry_pb.js";
+import { file_studio_v1_time_entry } from "./time_entry_pb.js";
+import type { TrackStatus } from "./track_pb.js";
+import { file_studio_v1_track } from "./track_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file studio/v1/project.proto.
  */
 export const file_studio_v1_project: GenFile = /*@__PURE__*/
-  fileDesc("ChdzdHVkaW8vdjEvcHJvamVjdC5wcm90bxIJc3R1ZGlvLnYxIpoFCgdQcm9qZWN0EgoKAmlkGAEgASgDEh0KCWNsaWVudF9pZBgCIAEoA0IKukgHIgIgAMgBARIZCgRuYW1lGAMgASgJQgu6SAhyAxj/AcgBARIdCgthcnRpc3RfbmFtZRgEIAEoCUIIukgFcgMY/wESHQoLZGVzY3JpcHRpb24YBSABKAlCCLpIBXIDGJBOEhYKBWdlbnJlGAYgASgJQge6SARyAhhkEi4KBHR5cGUYByABKA4yFi5zdHVkaW8udjEuUHJvamVjdFR5cGVCCLpIBYIBAhABEjIKBnN0YXR1cxgIIAEoDjIYLnN0dWRpby52MS5Qcm9qZWN0U3RhdHVzQgi6SAWCAQIQARLCAQoGYnVkZ2V0GAkgASgJQrEBukitAboBpgEKDWFtb3VudF9mb3JtYXQSXm11c3QgYmUgYW4gYW1vdW50IGxpa2UgIjEyMC41MCI6IHVwIHRvIDEwIGRpZ2l0cyBiZWZvcmUgdGhlIHBvaW50LCBhdCBtb3N0IDIgYWZ0ZXIgaXQsIG5vIHNpZ24aNXRoaXMubWF0Y2hlcygnXigwfFsxLTldWzAtOV17MCw5fSkoWy5dWzAtOV17MSwyfSk/JCcp2AEBEhcKBWxhYmVsGAogASgJQgi6SAVyAxjIARIfCg5jYXRhbG9nX251bWJlchgLIAEoCUIHukgEcgIYZBIXCgVub3RlcxgMIAEoCUIIukgFcgMYkE4SLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCgRldGFnGA8gASgJQge6SARyAhgoIigKEUdldFByb2plY3RSZXF1ZXN0EhMKAmlkGAEgASgDQge6SAQiAiAAIjkKEkdldFByb2plY3RSZXNwb25zZRIjCgdwcm9qZWN0GAEgASgLMhIuc3R1ZGlvLnYxLlByb2plY3QifgoTTGlzdFByb2plY3RzUmVxdWVzdBIaCglwYWdlX3NpemUYASABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSHwoJY2xpZW50X2lkGAMgASgDQge6SAQiAiAASACIAQFCDAoKX2NsaWVudF9pZCJVChRMaXN0UHJvamVjdHNSZXNwb25zZRIkCghwcm9qZWN0cxgBIAMoCzISLnN0dWRpby52MS5Qcm9qZWN0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJkChRDcmVhdGVQcm9qZWN0UmVxdWVzdBIrCgdwcm9qZWN0GAEgASgLMhIuc3R1ZGlvLnYxLlByb2plY3RCBrpIA8gBARIfCgpyZXF1ZXN0X2lkGAIgASgJQgu6SAhyA7ABAdgBASI8ChVDcmVhdGVQcm9qZWN0UmVzcG9uc2USIwoHcHJvamVjdBgBIAEoCzISLnN0dWRpby52MS5Qcm9qZWN0Iv8CChRVcGRhdGVQcm9qZWN0UmVxdWVzdBIrCgdwcm9qZWN0GAEgASgLMhIuc3R1ZGlvLnYxLlByb2plY3RCBrpIA9gBAxLHAQoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrQpUBukiRAeIBjQESASoSAmlkEgljbGllbnRfaWQSBG5hbWUSC2FydGlzdF9uYW1lEgtkZXNjcmlwdGlvbhIFZ2VucmUSBHR5cGUSBnN0YXR1cxIGYnVkZ2V0EgVsYWJlbBIOY2F0YWxvZ19udW1iZXISBW5vdGVzEgtjcmVhdGVfdGltZRILdXBkYXRlX3RpbWUSBGV0YWc6cLpIbRprChNwcm9qZWN0LmlkLnJlcXVpcmVkEipwcm9qZWN0LmlkIG11c3QgbmFtZSB0aGUgcHJvamVjdCB0byB1cGRhdGUaKGhhcyh0aGlzLnByb2plY3QpICYmIHRoaXMucHJvamVjdC5pZCA+IDAiPAoVVXBkYXRlUHJvamVjdFJlc3BvbnNlEiMKB3Byb2plY3QYASABKAsyEi5zdHVkaW8udjEuUHJvamVjdCJRChREZWxldGVQcm9qZWN0UmVxdWVzdBITCgJpZBgBIAEoA0IHukgEIgIgABIVCgRldGFnGAIgASgJQge6SARyAhgoEg0KBWZvcmNlGAMgASgIIhcKFURlbGV0ZVByb2plY3RSZXNwb25zZSq/AQoLUHJvamVjdFR5cGUSHAoYUFJPSkVDVF9UWVBFX1VOU1BFQ0lGSUVEEAASFgoSUFJPSkVDVF9UWVBFX0FMQlVNEAESEwoPUFJPSkVDVF9UWVBFX0VQEAISFwoTUFJPSkVDVF9UWVBFX1NJTkdMRRADEhUKEVBST0pFQ1RfVFlQRV9ERU1PEAQSGwoXUFJPSkVDVF9UWVBFX1NPVU5EVFJBQ0sQBRIYChRQUk9KRUNUX1RZUEVfUE9EQ0FTVBAGKp4CCg1Qcm9qZWN0U3RhdHVzEh4KGlBST0pFQ1RfU1RBVFVTX1VOU1BFQ0lGSUVEEAASIQodUFJPSkVDVF9TVEFUVVNfUFJFX1BST0RVQ1RJT04QARIcChhQUk9KRUNUX1NUQVRVU19SRUNPUkRJTkcQAhIaChZQUk9KRUNUX1NUQVRVU19FRElUSU5HEAMSGQoVUFJPSkVDVF9TVEFUVVNfTUlYSU5HEAQSHAoYUFJPSkVDVF9TVEFUVVNfTUFTVEVSSU5HEAUSHAoYUFJPSkVDVF9TVEFUVVNfQ09NUExFVEVEEAYSHAoYUFJPSkVDVF9TVEFUVVNfREVMSVZFUkVEEAcSGwoXUFJPSkVDVF9TVEFUVVNfQVJDSElWRUQQCDKyAwoOUHJvamVjdFNlcnZpY2USTgoKR2V0UHJvamVjdBIcLnN0dWRpby52MS5HZXRQcm9qZWN0UmVxdWVzdBodLnN0dWRpby52MS5HZXRQcm9qZWN0UmVzcG9uc2UiA5ACARJUCgxMaXN0UHJvamVjdHMSHi5zdHVkaW8udjEuTGlzdFByb2plY3RzUmVxdWVzdBofLnN0dWRpby52MS5MaXN0UHJvamVjdHNSZXNwb25zZSIDkAIBElIKDUNyZWF0ZVByb2plY3QSHy5zdHVkaW8udjEuQ3JlYXRlUHJvamVjdFJlcXVlc3QaIC5zdHVkaW8udjEuQ3JlYXRlUHJvamVjdFJlc3BvbnNlElIKDVVwZGF0ZVByb2plY3QSHy5zdHVkaW8udjEuVXBkYXRlUHJvamVjdFJlcXVlc3QaIC5zdHVkaW8udjEuVXBkYXRlUHJvamVjdFJlc3BvbnNlElIKDURlbGV0ZVByb2plY3QSHy5zdHVkaW8udjEuRGVsZXRlUHJvamVjdFJlcXVlc3QaIC5zdHVkaW8udjEuRGVsZXRlUHJvamVjdFJlc3BvbnNlYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("ChdzdHVkaW8vdjEvcHJvamVjdC5wcm90bxIJc3R1ZGlvLnYxIpoFCgdQcm9qZWN0EgoKAmlkGAEgASgDEh0KCWNsaWVudF9pZBgCIAEoA0IKukgHIgIgAMgBARIZCgRuYW1lGAMgASgJQgu6SAhyAxj/AcgBARIdCgthcnRpc3RfbmFtZRgEIAEoCUIIukgFcgMY/wESHQoLZGVzY3JpcHRpb24YBSABKAlCCLpIBXIDGJBOEhYKBWdlbnJlGAYgASgJQge6SARyAhhkEi4KBHR5cGUYByABKA4yFi5zdHVkaW8udjEuUHJvamVjdFR5cGVCCLpIBYIBAhABEjIKBnN0YXR1cxgIIAEoDjIYLnN0dWRpby52MS5Qcm9qZWN0U3RhdHVzQgi6SAWCAQIQARLCAQoGYnVkZ2V0GAkgASgJQrEBukitAboBpgEKDWFtb3VudF9mb3JtYXQSXm11c3QgYmUgYW4gYW1vdW50IGxpa2UgIjEyMC41MCI6IHVwIHRvIDEwIGRpZ2l0cyBiZWZvcmUgdGhlIHBvaW50LCBhdCBtb3N0IDIgYWZ0ZXIgaXQsIG5vIHNpZ24aNXRoaXMubWF0Y2hlcygnXigwfFsxLTldWzAtOV17MCw5fSkoWy5dWzAtOV17MSwyfSk/JCcp2AEBEhcKBWxhYmVsGAogASgJQgi6SAVyAxjIARIfCg5jYXRhbG9nX251bWJlchgLIAEoCUIHukgEcgIYZBIXCgVub3RlcxgMIAEoCUIIukgFcgMYkE4SLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCgRldGFnGA8gASgJQge6SARyAhgoIigKEUdldFByb2plY3RSZXF1ZXN0EhMKAmlkGAEgASgDQge6SAQiAiAAIjkKEkdldFByb2plY3RSZXNwb25zZRIjCgdwcm9qZWN0GAEgASgLMhIuc3R1ZGlvLnYxLlByb2plY3QifgoTTGlzdFByb2plY3RzUmVxdWVzdBIaCglwYWdlX3NpemUYASABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSHwoJY2xpZW50X2lkGAMgASgDQge6SAQiAiAASACIAQFCDAoKX2NsaWVudF9pZCJVChRMaXN0UHJvamVjdHNSZXNwb25zZRIkCghwcm9qZWN0cxgBIAMoCzISLnN0dWRpby52MS5Qcm9qZWN0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJkChRDcmVhdGVQcm9qZWN0UmVxdWVzdBIrCgdwcm9qZWN0GAEgASgLMhIuc3R1ZGlvLnYxLlByb2plY3RCBrpIA8gBARIfCgpyZXF1ZXN0X2lkGAIgASgJQgu6SAhyA7ABAdgBASI8ChVDcmVhdGVQcm9qZWN0UmVzcG9uc2USIwoHcHJvamVjdBgBIAEoCzISLnN0dWRpby52MS5Qcm9qZWN0IuYBChRVcGRhdGVQcm9qZWN0UmVxdWVzdBIrCgdwcm9qZWN0GAEgASgLMhIuc3R1ZGlvLnYxLlByb2plY3RCBrpIA9gBAxIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2s6cLpIbRprChNwcm9qZWN0LmlkLnJlcXVpcmVkEipwcm9qZWN0LmlkIG11c3QgbmFtZSB0aGUgcHJvamVjdCB0byB1cGRhdGUaKGhhcyh0aGlzLnByb2plY3QpICYmIHRoaXMucHJvamVjdC5pZCA+IDAiPAoVVXBkYXRlUHJvamVjdFJlc3BvbnNlEiMKB3Byb2plY3QYASABKAsyEi5zdHVkaW8udjEuUHJvamVjdCJRChREZWxldGVQcm9qZWN0UmVxdWVzdBITCgJpZBgBIAEoA0IHukgEIgIgABIVCgRldGFnGAIgASgJQge6SARyAhgoEg0KBWZvcmNlGAMgASgIIhcKFURlbGV0ZVByb2plY3RSZXNwb25zZSIvChhHZXRQcm9qZWN0U3VtbWFyeVJlcXVlc3QSEwoCaWQYASABKANCB7pIBCICIAAiRwoZR2V0UHJvamVjdFN1bW1hcnlSZXNwb25zZRIqCgdzdW1tYXJ5GAEgASgLMhkuc3R1ZGlvLnYxLlByb2plY3RTdW1tYXJ5IskBCg5Qcm9qZWN0U3VtbWFyeRISCgpwcm9qZWN0X2lkGAEgASgDEioKCHNlc3Npb25zGAIgASgLMhguc3R1ZGlvLnYxLlNlc3Npb25Sb2xsdXASJgoGdHJhY2tzGAMgASgLMhYuc3R1ZGlvLnYxLlRyYWNrUm9sbHVwEiMKBHRpbWUYBCABKAsyFS5zdHVkaW8udjEuVGltZVRvdGFscxIqCgdhbW91bnRzGAUgASgLMhkuc3R1ZGlvLnYxLlByb2plY3RBbW91bnRzIn4KDVNlc3Npb25Sb2xsdXASDQoFY291bnQYASABKAMSFgoOYm9va2VkX21pbnV0ZXMYAiABKAMSFAoMYm9va2VkX2hvdXJzGAMgASgJEjAKCWJ5X3N0YXR1cxgEIAMoCzIdLnN0dWRpby52MS5TZXNzaW9uU3RhdHVzQ291bnQiXgoSU2Vzc2lvblN0YXR1c0NvdW50EigKBnN0YXR1cxgBIAEoDjIYLnN0dWRpby52MS5TZXNzaW9uU3RhdHVzEg0KBWNvdW50GAIgASgDEg8KB21pbnV0ZXMYAyABKAMiTAoLVHJhY2tSb2xsdXASDQoFY291bnQYASABKAMSLgoJYnlfc3RhdHVzGAIgAygLMhsuc3R1ZGlvLnYxLlRyYWNrU3RhdHVzQ291bnQiSQoQVHJhY2tTdGF0dXNDb3VudBImCgZzdGF0dXMYASABKA4yFi5zdHVkaW8udjEuVHJhY2tTdGF0dXMSDQoFY291bnQYAiABKAMilAEKDlByb2plY3RBbW91bnRzEhUKDXNlc3Npb25fdG90YWwYASABKAkSFQoNZGVwb3NpdHNfcGFpZBgCIAEoCRIUCgxkZXBvc2l0c19kdWUYAyABKAkSFQoNdGltZV9iaWxsYWJsZRgEIAEoCRINCgV0b3RhbBgFIAEoCRIYChBidWRnZXRfcmVtYWluaW5nGAYgASgJKr8BCgtQcm9qZWN0VHlwZRIcChhQUk9KRUNUX1RZUEVfVU5TUEVDSUZJRUQQABIWChJQUk9KRUNUX1RZUEVfQUxCVU0QARITCg9QUk9KRUNUX1RZUEVfRVAQAhIXChNQUk9KRUNUX1RZUEVfU0lOR0xFEAMSFQoRUFJPSkVDVF9UWVBFX0RFTU8QBBIbChdQUk9KRUNUX1RZUEVfU09VTkRUUkFDSxAFEhgKFFBST0pFQ1RfVFlQRV9QT0RDQVNUEAYqngIKDVByb2plY3RTdGF0dXMSHgoaUFJPSkVDVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIhCh1QUk9KRUNUX1NUQVRVU19QUkVfUFJPRFVDVElPThABEhwKGFBST0pFQ1RfU1RBVFVTX1JFQ09SRElORxACEhoKFlBST0pFQ1RfU1RBVFVTX0VESVRJTkcQAxIZChVQUk9KRUNUX1NUQVRVU19NSVhJTkcQBBIcChhQUk9KRUNUX1NUQVRVU19NQVNURVJJTkcQBRIcChhQUk9KRUNUX1NUQVRVU19DT01QTEVURUQQBhIcChhQUk9KRUNUX1NUQVRVU19ERUxJVkVSRUQQBxIbChdQUk9KRUNUX1NUQVRVU19BUkNISVZFRBAIMpcECg5Qcm9qZWN0U2VydmljZRJOCgpHZXRQcm9qZWN0Ehwuc3R1ZGlvLnYxLkdldFByb2plY3RSZXF1ZXN0Gh0uc3R1ZGlvLnYxLkdldFByb2plY3RSZXNwb25zZSIDkAIBElQKDExpc3RQcm9qZWN0cxIeLnN0dWRpby52MS5MaXN0UHJvamVjdHNSZXF1ZXN0Gh8uc3R1ZGlvLnYxLkxpc3RQcm9qZWN0c1Jlc3BvbnNlIgOQAgESUgoNQ3JlYXRlUHJvamVjdBIfLnN0dWRpby52MS5DcmVhdGVQcm9qZWN0UmVxdWVzdBogLnN0dWRpby52MS5DcmVhdGVQcm9qZWN0UmVzcG9uc2USUgoNVXBkYXRlUHJvamVjdBIfLnN0dWRpby52MS5VcGRhdGVQcm9qZWN0UmVxdWVzdBogLnN0dWRpby52MS5VcGRhdGVQcm9qZWN0UmVzcG9uc2USUgoNRGVsZXRlUHJvamVjdBIfLnN0dWRpby52MS5EZWxldGVQcm9qZWN0UmVxdWVzdBogLnN0dWRpby52MS5EZWxldGVQcm9qZWN0UmVzcG9uc2USYwoRR2V0UHJvamVjdFN1bW1hcnkSIy5zdHVkaW8udjEuR2V0UHJvamVjdFN1bW1hcnlSZXF1ZXN0GiQuc3R1ZGlvLnYxLkdldFByb2plY3RTdW1tYXJ5UmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_studio_v1_session, file_studio_v1_time_entry, file_studio_v1_track]);
 
 /**
  * A project of one client.
@@ -306,6 +312,8 @@ export type UpdateProjectRequest = Message<"studio.v1.UpdateProjectRequest"> & {
   /**
    * Fields to write. A named field that is unset is cleared (or reset to its default).
    * Without a mask, every field that is set is written. "*" writes every field.
+   * A path that is not a field of Project is INVALID_ARGUMENT (checked against the
+   * message itself, so a new field needs no list here).
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
    */
@@ -389,6 +397,289 @@ export type DeleteProjectResponse = Message<"studio.v1.DeleteProjectResponse"> &
  */
 export const DeleteProjectResponseSchema: GenMessage<DeleteProjectResponse> = /*@__PURE__*/
   messageDesc(file_studio_v1_project, 10);
+
+/**
+ * Request of GetProjectSummary.
+ *
+ * @generated from message studio.v1.GetProjectSummaryRequest
+ */
+export type GetProjectSummaryRequest = Message<"studio.v1.GetProjectSummaryRequest"> & {
+  /**
+   * The project's id.
+   *
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+};
+
+/**
+ * Describes the message studio.v1.GetProjectSummaryRequest.
+ * Use `create(GetProjectSummaryRequestSchema)` to create a new message.
+ */
+export const GetProjectSummaryRequestSchema: GenMessage<GetProjectSummaryRequest> = /*@__PURE__*/
+  messageDesc(file_studio_v1_project, 11);
+
+/**
+ * Response of GetProjectSummary.
+ *
+ * @generated from message studio.v1.GetProjectSummaryResponse
+ */
+export type GetProjectSummaryResponse = Message<"studio.v1.GetProjectSummaryResponse"> & {
+  /**
+   * The project's rollups.
+   *
+   * @generated from field: studio.v1.ProjectSummary summary = 1;
+   */
+  summary?: ProjectSummary | undefined;
+};
+
+/**
+ * Describes the message studio.v1.GetProjectSummaryResponse.
+ * Use `create(GetProjectSummaryResponseSchema)` to create a new message.
+ */
+export const GetProjectSummaryResponseSchema: GenMessage<GetProjectSummaryResponse> = /*@__PURE__*/
+  messageDesc(file_studio_v1_project, 12);
+
+/**
+ * A project's work so far. Amounts are exact decimal strings ("1250.00"); times are whole
+ * minutes, and hours the same time as a decimal string rounded to the hundredth ("12.50").
+ *
+ * @generated from message studio.v1.ProjectSummary
+ */
+export type ProjectSummary = Message<"studio.v1.ProjectSummary"> & {
+  /**
+   * The project.
+   *
+   * @generated from field: int64 project_id = 1;
+   */
+  projectId: bigint;
+
+  /**
+   * Its sessions.
+   *
+   * @generated from field: studio.v1.SessionRollup sessions = 2;
+   */
+  sessions?: SessionRollup | undefined;
+
+  /**
+   * Its tracks.
+   *
+   * @generated from field: studio.v1.TrackRollup tracks = 3;
+   */
+  tracks?: TrackRollup | undefined;
+
+  /**
+   * Time tracked against the project, its sessions and its tracks (what ListTimeEntries with
+   * project_id and include_sessions_and_tracks lists).
+   *
+   * @generated from field: studio.v1.TimeTotals time = 4;
+   */
+  time?: TimeTotals | undefined;
+
+  /**
+   * The money.
+   *
+   * @generated from field: studio.v1.ProjectAmounts amounts = 5;
+   */
+  amounts?: ProjectAmounts | undefined;
+};
+
+/**
+ * Describes the message studio.v1.ProjectSummary.
+ * Use `create(ProjectSummarySchema)` to create a new message.
+ */
+export const ProjectSummarySchema: GenMessage<ProjectSummary> = /*@__PURE__*/
+  messageDesc(file_studio_v1_project, 13);
+
+/**
+ * A project's sessions.
+ *
+ * @generated from message studio.v1.SessionRollup
+ */
+export type SessionRollup = Message<"studio.v1.SessionRollup"> & {
+  /**
+   * How many sessions belong to the project, whatever their status.
+   *
+   * @generated from field: int64 count = 1;
+   */
+  count: bigint;
+
+  /**
+   * Minutes booked: the length of the sessions that hold their room (not cancelled, not in
+   * conflict).
+   *
+   * @generated from field: int64 booked_minutes = 2;
+   */
+  bookedMinutes: bigint;
+
+  /**
+   * booked_minutes in hours ("12.50").
+   *
+   * @generated from field: string booked_hours = 3;
+   */
+  bookedHours: string;
+
+  /**
+   * Per status present, by status: how many, and their minutes.
+   *
+   * @generated from field: repeated studio.v1.SessionStatusCount by_status = 4;
+   */
+  byStatus: SessionStatusCount[];
+};
+
+/**
+ * Describes the message studio.v1.SessionRollup.
+ * Use `create(SessionRollupSchema)` to create a new message.
+ */
+export const SessionRollupSchema: GenMessage<SessionRollup> = /*@__PURE__*/
+  messageDesc(file_studio_v1_project, 14);
+
+/**
+ * The sessions of one status.
+ *
+ * @generated from message studio.v1.SessionStatusCount
+ */
+export type SessionStatusCount = Message<"studio.v1.SessionStatusCount"> & {
+  /**
+   * The status.
+   *
+   * @generated from field: studio.v1.SessionStatus status = 1;
+   */
+  status: SessionStatus;
+
+  /**
+   * How many sessions.
+   *
+   * @generated from field: int64 count = 2;
+   */
+  count: bigint;
+
+  /**
+   * Their length, in minutes.
+   *
+   * @generated from field: int64 minutes = 3;
+   */
+  minutes: bigint;
+};
+
+/**
+ * Describes the message studio.v1.SessionStatusCount.
+ * Use `create(SessionStatusCountSchema)` to create a new message.
+ */
+export const SessionStatusCountSchema: GenMessage<SessionStatusCount> = /*@__PURE__*/
+  messageDesc(file_studio_v1_project, 15);
+
+/**
+ * A project's tracks.
+ *
+ * @generated from message studio.v1.TrackRollup
+ */
+export type TrackRollup = Message<"studio.v1.TrackRollup"> & {
+  /**
+   * How many tracks.
+   *
+   * @generated from field: int64 count = 1;
+   */
+  count: bigint;
+
+  /**
+   * Per status present, by status: how many.
+   *
+   * @generated from field: repeated studio.v1.TrackStatusCount by_status = 2;
+   */
+  byStatus: TrackStatusCount[];
+};
+
+/**
+ * Describes the message studio.v1.TrackRollup.
+ * Use `create(TrackRollupSchema)` to create a new message.
+ */
+export const TrackRollupSchema: GenMessage<TrackRollup> = /*@__PURE__*/
+  messageDesc(file_studio_v1_project, 16);
+
+/**
+ * The tracks of one status.
+ *
+ * @generated from message studio.v1.TrackStatusCount
+ */
+export type TrackStatusCount = Message<"studio.v1.TrackStatusCount"> & {
+  /**
+   * The status.
+   *
+   * @generated from field: studio.v1.TrackStatus status = 1;
+   */
+  status: TrackStatus;
+
+  /**
+   * How many tracks.
+   *
+   * @generated from field: int64 count = 2;
+   */
+  count: bigint;
+};
+
+/**
+ * Describes the message studio.v1.TrackStatusCount.
+ * Use `create(TrackStatusCountSchema)` to create a new message.
+ */
+export const TrackStatusCountSchema: GenMessage<TrackStatusCount> = /*@__PURE__*/
+  messageDesc(file_studio_v1_project, 17);
+
+/**
+ * What a project's work amounts to.
+ *
+ * @generated from message studio.v1.ProjectAmounts
+ */
+export type ProjectAmounts = Message<"studio.v1.ProjectAmounts"> & {
+  /**
+   * Sum of total_amount of the sessions that hold their room.
+   *
+   * @generated from field: string session_total = 1;
+   */
+  sessionTotal: string;
+
+  /**
+   * Sum of the deposits paid, of any session (a cancelled session's paid deposit included).
+   *
+   * @generated from field: string deposits_paid = 2;
+   */
+  depositsPaid: string;
+
+  /**
+   * Sum of the deposits asked and not paid yet, of the sessions that hold their room.
+   *
+   * @generated from field: string deposits_due = 3;
+   */
+  depositsDue: string;
+
+  /**
+   * Billable amount of the time tracked (time.billable_amount).
+   *
+   * @generated from field: string time_billable = 4;
+   */
+  timeBillable: string;
+
+  /**
+   * session_total + time_billable: what the project has cost so far.
+   *
+   * @generated from field: string total = 5;
+   */
+  total: string;
+
+  /**
+   * budget - total (negative when over budget); empty when the project has no budget.
+   *
+   * @generated from field: string budget_remaining = 6;
+   */
+  budgetRemaining: string;
+};
+
+/**
+ * Describes the message studio.v1.ProjectAmounts.
+ * Use `create(ProjectAmountsSchema)` to create a new message.
+ */
+export const ProjectAmountsSchema: GenMessage<ProjectAmounts> = /*@__PURE__*/
+  messageDesc(file_studio_v1_project, 18);
 
 /**
  * The kind of record a project makes.
@@ -586,6 +877,19 @@ export const ProjectService: GenService<{
     methodKind: "unary";
     input: typeof DeleteProjectRequestSchema;
     output: typeof DeleteProjectResponseSchema;
+  },
+  /**
+   * What the project's work amounts to so far, in one round trip: its sessions (count,
+   * booked time, by status), its tracks (by status), the time tracked against it, its
+   * sessions and its tracks, and the money (session totals, deposits, billable time, what is
+   * left of the budget). NOT_FOUND (PROJECT_NOT_FOUND) if there is no such project.
+   *
+   * @generated from rpc studio.v1.ProjectService.GetProjectSummary
+   */
+  getProjectSummary: {
+    methodKind: "unary";
+    input: typeof GetProjectSummaryRequestSchema;
+    output: typeof GetProjectSummaryResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_studio_v1_project, 0);

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#studio/internal/v1/page_token.proto\x12\x12studio.internal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"_\n\tPageToken\x12\x0f\n\x07last_id\x18\x01 \x01(\x03\x12-\n\tlast_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nquery_hash\x18\x03 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#studio/internal/v1/page_token.proto\x12\x12studio.internal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"t\n\tPageToken\x12\x0f\n\x07last_id\x18\x01 \x01(\x03\x12-\n\tlast_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nquery_hash\x18\x03 \x01(\x0c\x12\x13\n\x0blast_number\x18\x04 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'studio.internal.v1.page_tok
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PAGETOKEN']._serialized_start=92
-  _globals['_PAGETOKEN']._serialized_end=187
+  _globals['_PAGETOKEN']._serialized_end=208
 # @@protoc_insertion_point(module_scope)

@@ -26,10 +26,13 @@ class PageToken(_message.Message):
     LAST_ID_FIELD_NUMBER: _builtins.int
     LAST_TIME_FIELD_NUMBER: _builtins.int
     QUERY_HASH_FIELD_NUMBER: _builtins.int
+    LAST_NUMBER_FIELD_NUMBER: _builtins.int
     last_id: _builtins.int
     """Id of the last item of the previous page (the keyset's tie-breaker)."""
     query_hash: _builtins.bytes
     """Hash of the filters of the first request: a token sent with other filters is refused."""
+    last_number: _builtins.int
+    """Sort key of the last item, for lists ordered by a number (tracks by track number)."""
     @_builtins.property
     def last_time(self) -> _timestamp_pb2.Timestamp:
         """Sort key of the last item, for lists ordered by time (sessions by start_time)."""
@@ -40,10 +43,11 @@ class PageToken(_message.Message):
         last_id: _builtins.int = ...,
         last_time: _timestamp_pb2.Timestamp | None = ...,
         query_hash: _builtins.bytes = ...,
+        last_number: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_time", b"last_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_id", b"last_id", "last_time", b"last_time", "query_hash", b"query_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_id", b"last_id", "last_number", b"last_number", "last_time", b"last_time", "query_hash", b"query_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

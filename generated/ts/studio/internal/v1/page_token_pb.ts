@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file studio/internal/v1/page_token.proto.
  */
 export const file_studio_internal_v1_page_token: GenFile = /*@__PURE__*/
-  fileDesc("CiNzdHVkaW8vaW50ZXJuYWwvdjEvcGFnZV90b2tlbi5wcm90bxISc3R1ZGlvLmludGVybmFsLnYxIl8KCVBhZ2VUb2tlbhIPCgdsYXN0X2lkGAEgASgDEi0KCWxhc3RfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcXVlcnlfaGFzaBgDIAEoDGIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiNzdHVkaW8vaW50ZXJuYWwvdjEvcGFnZV90b2tlbi5wcm90bxISc3R1ZGlvLmludGVybmFsLnYxInQKCVBhZ2VUb2tlbhIPCgdsYXN0X2lkGAEgASgDEi0KCWxhc3RfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcXVlcnlfaGFzaBgDIAEoDBITCgtsYXN0X251bWJlchgEIAEoA2IGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * What a page token carries, base64url-encoded. Internal: clients treat tokens as opaque.
@@ -40,6 +40,13 @@ export type PageToken = Message<"studio.internal.v1.PageToken"> & {
    * @generated from field: bytes query_hash = 3;
    */
   queryHash: Uint8Array;
+
+  /**
+   * Sort key of the last item, for lists ordered by a number (tracks by track number).
+   *
+   * @generated from field: int64 last_number = 4;
+   */
+  lastNumber: bigint;
 };
 
 /**
