@@ -578,7 +578,7 @@ async def bench(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
             return rows, notes
         finally:
             if cluster is not None:
-                cluster.stop()
+                cluster.destroy()  # its files too: a benchmark cluster is made for one run
 
 
 async def one_pass(

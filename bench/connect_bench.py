@@ -222,7 +222,7 @@ def bench(args: argparse.Namespace) -> list[Row]:
                 server.terminate()
                 server.wait(30)
             if cluster is not None:
-                cluster.stop()
+                cluster.destroy()  # its files too: a benchmark cluster is made for one run
     return rows
 
 

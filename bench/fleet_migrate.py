@@ -122,7 +122,7 @@ async def bench(
             }  # fmt: skip
         finally:
             for cluster in clusters:
-                cluster.stop()
+                cluster.destroy()  # its files too: a benchmark cluster is made for one run
 
 
 def render(tenants: int, servers: int, result: dict[str, object]) -> str:

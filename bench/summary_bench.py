@@ -211,7 +211,7 @@ async def main(args: argparse.Namespace) -> None:
                 server.wait(30)
         finally:
             if cluster is not None:
-                cluster.stop()
+                cluster.destroy()  # its files too: a benchmark cluster is made for one run
     lines = [
         "# Project summary on the big studio",
         "",

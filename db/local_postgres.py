@@ -96,6 +96,26 @@ def _run_or_explain(command: list[str], stdin: str = "") -> None:
         raise RuntimeError(f"{' '.join(command)} failed:\n{said}")
 
 
+OWNER_FILE = "owner"  # in a cluster's folder placed elsewhere: the data directory it serves
+
+
+def _sweep_orphans(base: Path) -> None:
+    """Delete the clusters placed under `base` whose data directory link is gone (a test's
+    or a benchmark's temporary folder, deleted) and that no server runs: nothing could
+    ever reach them again, and each holds its share of the disk."""
+    if not base.is_dir():
+        return
+    for home in base.iterdir():
+        owner = home / OWNER_FILE
+        try:
+            served = Path(owner.read_text())
+        except OSError:
+            continue  # not one of ours, or being made
+        if served.is_symlink() or any((d / "postmaster.pid").exists() for d in home.iterdir()):
+            continue
+        shutil.rmtree(home, ignore_errors=True)
+
+
 class LocalPostgres:
     """One PostgreSQL cluster in `data_dir`, listening on 127.0.0.1 only, with a password."""
 
@@ -137,7 +157,11 @@ class LocalPostgres:
         entry = pwd.getpwnam(self.user) if self.user else None
         if entry and self.cluster_dir != self.data_dir:
             home = self.cluster_dir.parent
+            _sweep_orphans(home.parent)
             home.mkdir(parents=True, exist_ok=True)
+            # Who it belongs to: once that link is gone (its folder deleted), the cluster is
+            # an orphan that the next start anywhere sweeps away (_sweep_orphans).
+            (home / OWNER_FILE).write_text(str(self.data_dir))
             os.chown(home, entry.pw_uid, entry.pw_gid)
             home.chmod(0o700)
             if self.data_dir.is_dir() and not self.data_dir.is_symlink():
@@ -153,6 +177,16 @@ class LocalPostgres:
         os.chown(self.log_file, entry.pw_uid, entry.pw_gid)
         if not reachable_by(entry.pw_name, self.bin_dir):
             self.bin_dir = reachable_copy_of_binaries(self.bin_dir)
+
+    def destroy(self) -> None:
+        """Stop the server and delete the cluster, wherever its files live: for a cluster
+        made for one run (a benchmark's)."""
+        self.stop("immediate")
+        if self.cluster_dir != self.data_dir:
+            shutil.rmtree(self.cluster_dir.parent, ignore_errors=True)
+            self.data_dir.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def _remove_placed_elsewhere(self) -> None:
         """A throwaway cluster kept outside its folder goes when its process ends, as the
