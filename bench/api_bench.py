@@ -272,6 +272,12 @@ class Run:
     p99_ms: float
 
 
+def _grpc_call(body: Path, key: str, address: str, method: str) -> list[str]:
+    """h2load's arguments for one unary gRPC call of ours: body, headers and URL."""
+    return ["-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
+            "-H", f"authorization: Bearer {key}", f"http://{address}{SERVICE}{method}"]  # fmt: skip
+
+
 def h2load(
     binary: str, address: str, key: str, method: str, bodies: list[Path], clients: int,
     seconds: float, log: Path,
@@ -286,9 +292,8 @@ def h2load(
         log_k.unlink(missing_ok=True)  # h2load appends to its log file
         runs.append(subprocess.Popen(
             [binary, "-c", "1" if one_each else str(clients), "-m", "1", "-D", str(int(seconds)),
-             "--warm-up-time", str(WARM_UP_SECONDS), "-d", str(body), "--log-file", str(log_k),
-             "-H", "content-type: application/grpc", "-H", "te: trailers",
-             "-H", f"authorization: Bearer {key}", f"http://{address}{SERVICE}{method}"],
+             "--warm-up-time", str(WARM_UP_SECONDS), "--log-file", str(log_k),
+             *_grpc_call(body, key, address, method)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))  # fmt: skip
     rps, latencies = 0.0, []
@@ -531,15 +536,7 @@ async def tenant_mix(
                 "1",
                 "-n",
                 str(per_tenant),
-                "-d",
-                str(body),
-                "-H",
-                "content-type: application/grpc",
-                "-H",
-                "te: trailers",
-                "-H",
-                f"authorization: Bearer {key}",
-                f"http://{address}{SERVICE}GetSession",
+                *_grpc_call(body, key, address, "GetSession"),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip

@@ -96,23 +96,27 @@ async def _guarded_write(
     raise Aborted("CONCURRENT_MODIFICATION", "a concurrent change got in the way; retry")
 
 
-def not_found(kind: str, resource_id: int) -> NotFound:
-    """NOT_FOUND for the resource the call is about, e.g. SESSION_NOT_FOUND ("task_type":
-    TASK_TYPE_NOT_FOUND, "task type 3 does not exist", taskTypeId)."""
-    return NotFound(
+E = TypeVar("E", NotFound, FailedPrecondition)
+
+
+def _no_such(error: type[E], kind: str, resource_id: int) -> E:
+    """<KIND>_NOT_FOUND ("task_type": TASK_TYPE_NOT_FOUND, "task type 3 does not exist",
+    taskTypeId), as `error`."""
+    return error(
         f"{kind.upper()}_NOT_FOUND",
         f"{kind.replace('_', ' ')} {resource_id} does not exist",
         metadata={id_key(kind): str(resource_id)},
     )
+
+
+def not_found(kind: str, resource_id: int) -> NotFound:
+    """NOT_FOUND for the resource the call is about, e.g. SESSION_NOT_FOUND."""
+    return _no_such(NotFound, kind, resource_id)
 
 
 def missing_reference(kind: str, resource_id: int) -> FailedPrecondition:
     """FAILED_PRECONDITION for a resource the request refers to, e.g. PROJECT_NOT_FOUND."""
-    return FailedPrecondition(
-        f"{kind.upper()}_NOT_FOUND",
-        f"{kind.replace('_', ' ')} {resource_id} does not exist",
-        metadata={id_key(kind): str(resource_id)},
-    )
+    return _no_such(FailedPrecondition, kind, resource_id)
 
 
 async def require_references(ctx: Ctx, ids: Mapping[str, int]) -> None:
