@@ -24,6 +24,9 @@ __all__ = [
     "IsolationError",
     "TenantRole",
     "drop_role",
+    "ensure_template_owner",
+    "ensure_tenant_role",
+    "hand_objects",
     "isolate_database",
     "new_password",
     "objects_not_owned_by",
@@ -33,6 +36,8 @@ __all__ = [
 LOCK_TIMEOUT = "5s"
 # Written on every role we make; a role without it is not ours to take over or drop.
 ROLE_MARKER = "studio-rpc tenant role"
+TEMPLATE_OWNER = "studio_template_owner"
+TEMPLATE_MARKER = "studio-rpc owner of the objects in template databases"
 # The privilege of pg_has_role that allows SET ROLE: since PostgreSQL 16 a CREATEROLE creator
 # holds only ADMIN OPTION on the roles it makes, which no longer implies it.
 MAY_SET_ROLE = (
@@ -128,13 +133,15 @@ def _password_clause(conn: AsyncConnection[tuple[object, ...]], role: TenantRole
     return sql.SQL("PASSWORD {}").format(sql.Literal(verifier.decode()))
 
 
-async def _ensure_role(
+async def ensure_tenant_role(
     conn: AsyncConnection[tuple[object, ...]],
     role: TenantRole,
     database_name: str,
     *,
     set_password: bool,
 ) -> list[str]:
+    """Role `role` for database `database_name`, made if missing (its password set when
+    `set_password`), one the administrator may SET ROLE to; what it changed."""
     ident = sql.Identifier(role.name)
     state = await _role_state(conn, role.name)
     if state is None:
@@ -159,17 +166,56 @@ async def _ensure_role(
                 sql.SQL("ALTER ROLE {} LOGIN {}").format(ident, _password_clause(conn, role))
             )
             changes.append("set the role's password")
-    # A non-superuser administrator must be able to SET ROLE to it to hand objects over.
+    if await _let_administrator_set_role(conn, role.name):
+        changes.append("made the administrator a member of the role")
+    return changes
+
+
+async def _let_administrator_set_role(conn: AsyncConnection[tuple[object, ...]], name: str) -> bool:
+    """A non-superuser administrator must be able to SET ROLE to `name` to hand objects to it
+    (or from it); True when it was not yet and has been made a member."""
     cur = await conn.execute(
         f"SELECT NOT rolsuper AND NOT pg_has_role(current_user, %s, {MAY_SET_ROLE})"
         " FROM pg_roles WHERE rolname = current_user",
-        (role.name,),
+        (name,),
     )
     row = await cur.fetchone()
     if row and row[0]:
-        await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(ident))
-        changes.append("made the administrator a member of the role")
-    return changes
+        await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(name)))
+        return True
+    return False
+
+
+async def ensure_template_owner(conn: AsyncConnection[tuple[object, ...]]) -> str:
+    """The server's role that owns the objects of its template databases (NOLOGIN): each
+    copy hands them all to its tenant role in one REASSIGN OWNED, instead of an ALTER per
+    object. Its name."""
+    state = await _role_state(conn, TEMPLATE_OWNER)
+    if state is None:
+        ident = sql.Identifier(TEMPLATE_OWNER)
+        await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident))
+        await conn.execute(
+            sql.SQL("COMMENT ON ROLE {} IS {}").format(ident, sql.Literal(TEMPLATE_MARKER))
+        )
+    elif state[0] or state[1] != TEMPLATE_MARKER:
+        raise IsolationError(
+            f"a role {TEMPLATE_OWNER!r} exists and is not studio-rpc's; refusing to use it"
+        )
+    await _let_administrator_set_role(conn, TEMPLATE_OWNER)
+    return TEMPLATE_OWNER
+
+
+async def hand_objects(conn: AsyncConnection[tuple[object, ...]], role_name: str) -> int:
+    """Make `role_name` the owner of every object of the connected database (inside the
+    caller's transaction); how many changed owner."""
+    objects = await objects_not_owned_by(conn, role_name)
+    for kind, name in objects:
+        await conn.execute(
+            sql.SQL("ALTER {} {} OWNER TO {}").format(
+                sql.SQL(kind), sql.SQL(name), sql.Identifier(role_name)
+            )
+        )
+    return len(objects)
 
 
 async def _own_database(
@@ -223,17 +269,11 @@ async def isolate_database(
         # Changing a table's owner locks it: never queue behind (or in front of) the
         # service's calls for long; a tenant that times out is reported and can be rerun.
         await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        changes = await _ensure_role(conn, role, database_name, set_password=set_password)
+        changes = await ensure_tenant_role(conn, role, database_name, set_password=set_password)
         changes += await _own_database(conn, role, database_name)
-        objects = await objects_not_owned_by(conn, role.name)
-        for kind, name in objects:
-            await conn.execute(
-                sql.SQL("ALTER {} {} OWNER TO {}").format(
-                    sql.SQL(kind), sql.SQL(name), sql.Identifier(role.name)
-                )
-            )
-        if objects:
-            changes.append(f"handed {len(objects)} objects to the role")
+        handed = await hand_objects(conn, role.name)
+        if handed:
+            changes.append(f"handed {handed} objects to the role")
     return changes
 
 

@@ -35,6 +35,7 @@ from db.tenant_roles import (
     IsolationError,
     TenantRole,
     drop_role,
+    ensure_tenant_role,
     isolate_database,
     new_password,
     tenant_role_name,
@@ -223,29 +224,43 @@ async def _reserve(master: AsyncEngine, slug: str) -> int:
 
 
 async def _create_database(
-    batch: _Provisioning, admin_url: str, database_name: str
+    batch: _Provisioning, admin_url: str, database_name: str, role: TenantRole
 ) -> Template | None:
-    """The new database: a copy of the server's template, or empty when there is none."""
+    """The new database, owned by its new role: a copy of the server's template, or empty
+    when there is none. Refuses a database that exists (before making anything)."""
     template = await batch.template(admin_url)
     async with batch.admin(admin_url) as conn:
         cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database_name,))
         if await cur.fetchone():
             raise ProvisionError(f"database {database_name} already exists; refusing to reuse it")
-        if template is None:
-            await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database_name)))
-        else:
-            await copy_template(conn, template, database_name)
+        try:
+            await ensure_tenant_role(conn, role, database_name, set_password=True)
+            if template is None:
+                await conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(database_name), sql.Identifier(role.name)
+                    )
+                )
+            else:
+                await copy_template(conn, template, database_name, role)
+        except IsolationError as exc:
+            raise ProvisionError(str(exc)) from exc
+        except BaseException:
+            await drop_role(conn, role.name)
+            raise
     return template
 
 
-async def _own_copy(admin_url: str, database_name: str, template: Template | None) -> TenantRole:
-    """Give the database its role (owner of everything in it), and its history to the role."""
-    role = TenantRole(tenant_role_name(database_name), new_password())
+async def _own_copy(
+    admin_url: str, database_name: str, template: Template | None, role: TenantRole
+) -> None:
+    """Everything in the new database to its role (which owns the database already), and its
+    history to the role."""
     async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as conn:
-        await isolate_database(conn, database_name, role, set_password=True)
-        if template is not None:
+        if template is None:
+            await isolate_database(conn, database_name, role, set_password=False)
+        else:
             await finish_copy(conn, template, role.name)
-    return role
 
 
 async def _provision(batch: _Provisioning, spec: TenantSpec) -> ProvisionedTenant:
@@ -255,9 +270,10 @@ async def _provision(batch: _Provisioning, spec: TenantSpec) -> ProvisionedTenan
     database_name = tenant_database_name(batch.master_url, slug)
     org_id = await _reserve(batch.master, slug)
     admin_url = with_database(spec.server_url or batch.master_url, database_name)
-    template = await _create_database(batch, admin_url, database_name)
+    role = TenantRole(tenant_role_name(database_name), new_password())
+    template = await _create_database(batch, admin_url, database_name, role)
     try:
-        role = await _own_copy(admin_url, database_name, template)
+        await _own_copy(admin_url, database_name, template, role)
         held = set(template.versions) if template else set()
         if any(f.version not in held for f in batch.files) or batch.problems:
             # Migrated as its role, as every later `studio migrate up` does: it owns it all.
