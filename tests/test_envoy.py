@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import re
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -188,11 +189,13 @@ def test_a_replica_stopped_under_load_loses_no_booking(
         try:
             wait_until(lambda: len(load.acknowledged) >= 40, "40 bookings before the SIGTERM")
             drained.process.terminate()  # SIGTERM; the load goes on
+            signalled = time.monotonic()
             drained_port = drained.port
             wait_until(
                 lambda: "failed_active_hc" in envoy.health_flags()[drained_port],
                 "envoy takes the replica out of rotation",
             )
+            noticed = time.monotonic() - signalled  # printed, not asserted
             # ... through its health status: it still runs, and still serves (drain delay)
             left_rotation_alive = drained.process.poll() is None
             assert drained.process.wait(60) == 0
@@ -244,7 +247,9 @@ def test_a_replica_stopped_under_load_loses_no_booking(
                 f"\nenvoy: {len(acknowledged)} bookings acknowledged by {CALLERS} callers, 0"
                 f" lost, 0 twice, 0 caller errors; served by the drained replica"
                 f" {by_replica[0]}, by the other {by_replica[1]}; refused while shutting down"
-                f" {refused}; Envoy retries {envoy.counter('cluster.studio.upstream_rq_retry')}"
+                f" {refused}; Envoy retries {envoy.counter('cluster.studio.upstream_rq_retry')};"
+                f" out of rotation {noticed:.2f}s after the SIGTERM"
+                f" (--drain-seconds {cluster.drain_seconds:g})"
             )
     finally:
         api.close()
