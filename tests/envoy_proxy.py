@@ -47,9 +47,9 @@ class EnvoyProcess:
         failed_active_hc is a failed active health check, out of rotation."""
         found: dict[int, set[str]] = {}
         for line in self.admin_text("/clusters").splitlines():
-            name, host, *rest = line.split("::")
-            if name == cluster and rest and rest[0] == "health_flags":
-                found[int(host.rsplit(":", 1)[1])] = set(rest[1].strip("/").split("/"))
+            parts = line.split("::")
+            if len(parts) == 4 and parts[0] == cluster and parts[2] == "health_flags":
+                found[int(parts[1].rsplit(":", 1)[1])] = set(parts[3].strip("/").split("/"))
         return found
 
     def counter(self, name: str) -> int:
