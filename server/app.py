@@ -46,15 +46,20 @@ class App:
     def http_port(self) -> int | None:
         return self.http.port if self.http else None
 
-    async def stop(self, grace: float) -> None:
+    async def stop(self, grace: float, drain_seconds: float = 0.0) -> None:
         """Stop serving and close every pool; completes even if a background task died (its
         death was logged when it happened) or will not end when cancelled.
 
-        New calls are refused by the pipeline (UNAVAILABLE, SHUTTING_DOWN) and health says
-        NOT_SERVING at once; calls in flight get `grace` seconds, after which they are
-        cancelled as the servers stop."""
-        deadline = asyncio.get_running_loop().time() + grace
+        Health says NOT_SERVING at once. For `drain_seconds` calls are still served as usual,
+        so that a load balancer's health check sees the status and stops sending calls here
+        before any is refused. Then new calls are refused by the pipeline (UNAVAILABLE,
+        SHUTTING_DOWN); calls in flight get `grace` seconds, after which they are cancelled
+        as the servers stop."""
         await self.serving.leave_rotation()
+        if drain_seconds > 0:
+            log.info("leaving rotation: health NOT_SERVING, still serving for %.1fs", drain_seconds)
+            await asyncio.sleep(drain_seconds)
+        deadline = asyncio.get_running_loop().time() + grace
         await self.pipeline.drain(grace)
         for task in self.tasks:
             task.cancel()

@@ -87,6 +87,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--grace", type=float, default=10.0, help="seconds in-flight calls get to finish on SIGTERM"
     )
     parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=0.0,
+        help="on SIGTERM, seconds to keep serving calls while health already says NOT_SERVING,"
+        " before new calls are refused and --grace begins: longer than a load balancer's health"
+        " check takes to notice (interval x unhealthy threshold), so that it routes no call to"
+        " a replica that would refuse it (docs/scaling.md)",
+    )
+    parser.add_argument(
         "--max-db-connections",
         type=int,
         default=200,
@@ -300,7 +309,7 @@ async def _serve_one(
         announce_ports(args.host, app.port, app.http_port)
         await stop.wait()
         log.info("shutting down: finishing in-flight calls (grace %.0fs)", args.grace)
-        await app.stop(args.grace)
+        await app.stop(args.grace, args.drain_seconds)
         return 0
     finally:
         databases.close()
