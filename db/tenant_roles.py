@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from psycopg import sql
 
+from db.engines import STATEMENT_TIMEOUT_MS
+
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
@@ -27,6 +29,7 @@ __all__ = [
     "isolate_database",
     "new_password",
     "objects_not_owned_by",
+    "set_service_defaults",
     "tenant_role_name",
 ]
 
@@ -224,6 +227,7 @@ async def isolate_database(
         # service's calls for long; a tenant that times out is reported and can be rerun.
         await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         changes = await _ensure_role(conn, role, database_name, set_password=set_password)
+        await set_service_defaults(conn, role.name)
         changes += await _own_database(conn, role, database_name)
         objects = await objects_not_owned_by(conn, role.name)
         for kind, name in objects:
@@ -235,6 +239,17 @@ async def isolate_database(
         if objects:
             changes.append(f"handed {len(objects)} objects to the role")
     return changes
+
+
+async def set_service_defaults(conn: AsyncConnection[tuple[object, ...]], role_name: str) -> None:
+    """The service's statement cap as the role's own default: a connection through a pooler
+    may carry no startup option and no session SET, and this costs no round trip per call
+    (the runner, connecting directly, sets its own; pg_dump sets 0)."""
+    await conn.execute(
+        sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(
+            sql.Identifier(role_name), sql.Literal(STATEMENT_TIMEOUT_MS)
+        )
+    )
 
 
 async def drop_role(conn: AsyncConnection[tuple[object, ...]], name: str) -> None:

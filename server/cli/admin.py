@@ -89,6 +89,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="PostgreSQL server for its database (default: the master's)",
     )
     create.add_argument(
+        "--pooled-url",
+        metavar="URL",
+        help="a pooler in front of its server (PgBouncer, transaction mode) the service"
+        " connects through, as a libpq URL without database or user; the runner keeps"
+        " --server-url (see set-pooled-url)",
+    )
+    create.add_argument(
         "--json", action="store_true", help="print one JSON object (with the admin key)"
     )
     tenant_list = _action(
@@ -176,7 +183,8 @@ def _specs(args: argparse.Namespace) -> list[TenantSpec] | str:
             try:
                 entry = json.loads(line)
                 specs.append(TenantSpec(str(entry["name"]), entry.get("slug"),
-                                        entry.get("server_url") or args.server_url))  # fmt: skip
+                                        entry.get("server_url") or args.server_url,
+                                        entry.get("pooled_url") or args.pooled_url))  # fmt: skip
             except (ValueError, KeyError, TypeError) as exc:
                 return (
                     f"line {number} of {args.from_file.name}: not a JSON object with a name ({exc})"
@@ -188,9 +196,10 @@ def _specs(args: argparse.Namespace) -> list[TenantSpec] | str:
         if args.count < 1 or args.slug:
             return "--count takes N >= 1, and makes the slugs from the names (no --slug)"
         return [
-            TenantSpec(f"{args.name} {n}", None, args.server_url) for n in range(1, args.count + 1)
+            TenantSpec(f"{args.name} {n}", None, args.server_url, args.pooled_url)
+            for n in range(1, args.count + 1)
         ]
-    return [TenantSpec(args.name, args.slug, args.server_url)]
+    return [TenantSpec(args.name, args.slug, args.server_url, args.pooled_url)]
 
 
 def _show(tenant: ProvisionedTenant, *, as_json: bool) -> None:
