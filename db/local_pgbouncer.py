@@ -2,9 +2,12 @@
 transaction pooling mode: for the tests and the benchmark, configured as an operator would.
 
 Every database name is passed through to the server (`* =`), and every role logs in with its
-own password: PgBouncer looks the role's SCRAM secret up in the server (auth_query, as the
-server's superuser, whose password alone is in the auth file) and reuses the client's proof
-to log in to PostgreSQL, so studios provisioned after it started need no reload. It listens
+own password: PgBouncer checks it against the role's SCRAM secret and reuses the client's
+proof to log in to PostgreSQL. The secret comes either from the server at login (auth_query,
+as the server's superuser, whose password alone is in the auth file: studios provisioned
+later need nothing, but PgBouncer 1.18 runs the query over a connection of its own in each
+database, one more server connection per studio; auth_dbname came in 1.19), or from the auth
+file, written from pg_shadow by `sync_auth_file` (and reloaded). It listens
 on 127.0.0.1 at a free port, with its unix socket, log and files in a folder of its own under
 the system's temporary folder (as root it runs as the PostgreSQL OS user, who must reach
 them; pytest's 0700 folders are out of its reach).
@@ -22,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from db.pg_os_user import run_as_user
@@ -66,6 +70,7 @@ class LocalPgBouncer:
         pool_size: int = 1,
         max_client_conn: int = 2000,
         server_idle_timeout: int = 600,
+        auth_query: bool = True,
     ) -> None:
         """`pool_size`: server connections per (database, role), the studio's; 1 makes every
         connection of a studio share one, which is what a session-state test wants."""
@@ -73,6 +78,8 @@ class LocalPgBouncer:
         self.pool_size = pool_size
         self.max_client_conn = max_client_conn
         self.server_idle_timeout = server_idle_timeout
+        self.auth_query = auth_query
+        self._owner: tuple[int, int] | None = None
         self.port = 0
         self.dir: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -94,12 +101,10 @@ class LocalPgBouncer:
         user = run_as_user()
         entry = pwd.getpwnam(user) if user else None
         superuser = self.server.get("user") or "postgres"
-        auth_file = self.dir / "userlist.txt"
-        auth_file.write_text(f'"{superuser}" "{_superuser_password(self.server)}"\n')
-        auth_file.chmod(0o600)
         if entry is not None:  # PgBouncer refuses to run as root: it runs as `user`
-            for path in (self.dir, auth_file):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+            self._owner = (entry.pw_uid, entry.pw_gid)
+            os.chown(self.dir, *self._owner)
+        self._write_auth_file([(superuser, _superuser_password(self.server))])
         for _attempt in range(START_ATTEMPTS):
             self.port = _free_port()
             config = self.dir / "pgbouncer.ini"
@@ -130,11 +135,36 @@ pidfile = {self.dir}/pgbouncer.pid
 pool_mode = transaction
 auth_type = scram-sha-256
 auth_file = {self.dir}/userlist.txt
-auth_user = {superuser}
+{f"auth_user = {superuser}" if self.auth_query else ""}
 default_pool_size = {self.pool_size}
 max_client_conn = {self.max_client_conn}
 server_idle_timeout = {self.server_idle_timeout}
 """
+
+    def _write_auth_file(self, users: list[tuple[str, str]]) -> None:
+        assert self.dir is not None
+        auth_file = self.dir / "userlist.txt"
+        partial = auth_file.with_name("userlist.partial")
+        partial.write_text("".join(f'"{user}" "{secret}"\n' for user, secret in users))
+        partial.chmod(0o600)
+        if self._owner is not None:
+            os.chown(partial, *self._owner)
+        partial.replace(auth_file)
+
+    def sync_auth_file(self, server_url: str) -> int:
+        """Every login role's SCRAM secret from the server's pg_shadow into the auth file,
+        then a reload (SIGHUP); how many roles. For auth_query=False."""
+        with psycopg.connect(server_url) as conn:
+            rows = conn.execute(
+                "SELECT usename, passwd FROM pg_shadow WHERE passwd IS NOT NULL"
+            ).fetchall()
+        superuser = self.server.get("user") or "postgres"
+        users = [(superuser, _superuser_password(self.server))]
+        users += [(str(name), str(secret)) for name, secret in rows if name != superuser]
+        self._write_auth_file(users)
+        if self.process is not None:
+            self.process.send_signal(signal.SIGHUP)
+        return len(users)
 
     def _wait_listening(self, *, timeout: float) -> bool:
         assert self.process is not None

@@ -16,17 +16,28 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from db.local_pgbouncer import LocalPgBouncer
 from db.migrations.fleet import placeholder_values, run_one
 from db.migrations.runner import Status
-from db.tenant_catalog import TenantLocation, list_tenants, service_conninfo, tenant_conninfo
+from db.tenant_catalog import (
+    TenantLocation,
+    list_tenants,
+    server_of,
+    service_conninfo,
+    tenant_conninfo,
+)
+from db.tenants import provision_tenant
 from studio.v1 import client_pb2, session_pb2
-from tests.conftest import ApiServer, Tenant
-from tests.serving import STUDIO
+from tests.conftest import ApiServer, Databases, Tenant
+from tests.row_lock import RowLock, lock_waiters
+from tests.serving import STUDIO, wait_until
 
 START = 1_900_000_000
 
@@ -176,3 +187,69 @@ def test_the_runner_keeps_the_direct_address_and_no_statement_cap(
                 placeholders=placeholder_values(location))
     )  # fmt: skip
     assert (report.status, report.applied) == (Status.APPLIED, [after_built_in]), report.as_dict()
+
+
+def test_a_server_goes_behind_its_pooler_at_once_and_each_role_gets_the_cap(
+    databases: Databases,
+) -> None:
+    """`--server`: every studio on that server, in one step; a role made before the cap was
+    a role default gets it; a studio without a role of its own stops the whole change."""
+    master_url = databases.create("pool_master")
+    asyncio.run(run_one(master_url, "master", mode="up"))
+    made = [asyncio.run(provision_tenant(master_url, name=f"On Server {n}")) for n in range(2)]
+    with psycopg.connect(master_url, autocommit=True) as conn:  # as before this feature
+        conn.execute(sql.SQL("ALTER ROLE {} RESET statement_timeout").format(
+            sql.Identifier(made[0].role_name)))  # fmt: skip
+    server = server_of(master_url)
+    pooler = "postgresql://127.0.0.1:6432"
+
+    switched = _studio(master_url, "tenants", "set-pooled-url", "--server", server, pooler)
+    assert switched.returncode == 0, switched.stderr
+    assert sorted(switched.stdout.splitlines()) == [
+        f"{t.slug}: served through 127.0.0.1:6432" for t in made
+    ]
+    with psycopg.connect(master_url) as conn:
+        for tenant in made:
+            assert conn.execute(
+                "SELECT setconfig FROM pg_db_role_setting WHERE setrole = %s::regrole",
+                (tenant.role_name,),
+            ).fetchone() == (["statement_timeout=30000"],)
+
+    legacy = databases.create("pool_legacy")
+    with psycopg.connect(master_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO organizations (name, slug) VALUES ('Old', 'old')")
+        conn.execute(
+            "INSERT INTO tenant_databases (organization_id, database_name)"
+            " SELECT id, %s FROM organizations WHERE slug = 'old'",
+            (str(conninfo_to_dict(legacy)["dbname"]),),
+        )
+    refused = _studio(master_url, "tenants", "set-pooled-url", "--server", server, pooler)
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        "studio tenants set-pooled-url: these studios have no role of their own"
+        " (`studio tenants isolate` them first): old\n",
+    )
+    assert _location(master_url, "old").pooled_url is None
+    cleared = _studio(master_url, "tenants", "set-pooled-url", "--server", server, "--clear")
+    assert cleared.returncode == 0, cleared.stderr
+    assert all(_location(master_url, t.slug).pooled_url is None for t in made)
+
+
+def test_a_deadline_cancels_a_pooled_call_in_postgresql(
+    api_server: ApiServer, pgbouncer: LocalPgBouncer
+) -> None:
+    """A booking waiting for a locked project gets DEADLINE_EXCEEDED, and psycopg's cancel
+    request reaches the statement through PgBouncer: nothing is left waiting."""
+    tenant = api_server.new_tenant("cancelled", pooled_url=pgbouncer.url)
+    api = api_server.api(tenant.key)
+    try:
+        client, room = api.client(), api.room()
+        project = api.project(client.id)
+        with RowLock(tenant.url, project.id, table="projects"):
+            with pytest.raises(grpc.RpcError) as raised:
+                api.session(client.id, room.id, project_id=project.id, timeout=1.0)
+            assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            wait_until(lambda: lock_waiters(tenant.url) == 0, "the cancelled statement ends")
+        assert api.session(client.id, room.id, project_id=project.id).project_id == project.id
+    finally:
+        api.close()
