@@ -27,11 +27,12 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
@@ -49,7 +50,7 @@ from bench.api_bench import (
 from db.local_pgbouncer import LocalPgBouncer
 from db.local_postgres import LocalPostgres
 from db.migrations.fleet import run_one
-from db.tenant_catalog import server_of, with_database
+from db.tenant_catalog import list_tenants, server_of, service_conninfo, with_database
 from studio.v1 import client_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,12 +84,20 @@ def studio_command(master_url: str, *args: str) -> subprocess.CompletedProcess[s
 
 
 def provision(master_url: str, tenants: int) -> list[str]:
-    """`tenants` studios made as an operator would; their admin keys (in bulk the command
-    prints one JSON line per studio)."""
+    """`tenants` studios made as an operator would; their admin keys (one JSON line each)."""
     asyncio.run(run_one(master_url, "master", mode="up"))
     started = time.monotonic()
     made = studio_command(
-        master_url, "tenants", "create", "--name", "Bench", "--count", str(tenants), "--jobs", "4"
+        master_url,
+        "tenants",
+        "create",
+        "--name",
+        "Bench",
+        "--count",
+        str(tenants),
+        "--jobs",
+        "4",
+        "--json",
     )
     keys = [json.loads(line)["api_key"] for line in made.stdout.splitlines() if line.strip()]
     print(f"provisioned {len(keys)} studios in {time.monotonic() - started:.1f} s", file=sys.stderr)
@@ -133,6 +142,30 @@ async def spread_load(
     started = time.perf_counter()
     await asyncio.gather(*(one(key) for key in keys))
     return time.perf_counter() - started
+
+
+def timeout_cost(conninfo: str, *, rounds: int = 10, calls: int = 300) -> tuple[float, float]:
+    """Microseconds per call of one primary-key read as the service runs it through the
+    pooler (autocommit, the cap a role default), and with the cap as SET LOCAL instead
+    (BEGIN; SET LOCAL in one simple query, the read, COMMIT): the alternative's cost. Rounds
+    alternate, so that the machine's other load falls on both alike."""
+    read = "SELECT id, name FROM clients WHERE id = %s"
+    spent = [0.0, 0.0]
+    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("INSERT INTO clients (name) VALUES ('Timing')")
+        for _round in range(rounds):
+            started = time.perf_counter()
+            for _ in range(calls):
+                conn.execute(read, (1,)).fetchone()
+            spent[0] += time.perf_counter() - started
+            started = time.perf_counter()
+            for _ in range(calls):
+                conn.execute("BEGIN; SET LOCAL statement_timeout = 30000")
+                conn.execute(read, (1,)).fetchone()
+                conn.execute("COMMIT")
+            spent[1] += time.perf_counter() - started
+    per_call = 1e6 / (rounds * calls)
+    return spent[0] * per_call, spent[1] * per_call
 
 
 def start_server(
@@ -191,7 +224,7 @@ async def one_pass(
     )  # fmt: skip
 
 
-async def bench(args: argparse.Namespace) -> list[Pass]:
+async def bench(args: argparse.Namespace) -> tuple[list[Pass], tuple[float, float]]:
     h2 = ensure_h2load()
     with tempfile.TemporaryDirectory(prefix="pgbouncer-bench-") as tmp:
         work = Path(tmp)
@@ -211,21 +244,35 @@ async def bench(args: argparse.Namespace) -> list[Pass]:
             # Roles from the auth file: auth_query would hold a connection in every database.
             await asyncio.to_thread(bouncer.sync_auth_file, base)
             await asyncio.sleep(1)  # the reload
+            location = await asyncio.to_thread(_first_studio, master_url, bouncer.url)
+            cost = await asyncio.to_thread(timeout_cost, location)
+            print(f"timeout cost (us per call): {cost}", file=sys.stderr)
             passes = []
             for mode in args.modes:
                 passes.append(await one_pass(args, mode, master_url, base, keys, bouncer, h2, work))
                 print(passes[-1], file=sys.stderr)
-            return passes
+            return passes, cost
         finally:
             bouncer.destroy()
             cluster.destroy()  # its files too: a benchmark cluster is made for one run
+
+
+def _first_studio(master_url: str, pooled_url: str) -> str:
+    """The first studio's address through the pooler, as the service builds it."""
+
+    async def find() -> str:
+        async with await psycopg.AsyncConnection.connect(master_url) as master:
+            tenant = (await list_tenants(master))[0]
+        return service_conninfo(master_url, replace(tenant, pooled_url=pooled_url))
+
+    return asyncio.run(find())
 
 
 def _load(load: tuple[float, float, float]) -> str:
     return " / ".join(f"{x:.2f}" for x in load)
 
 
-def render(passes: list[Pass], args: argparse.Namespace) -> str:
+def render(passes: list[Pass], cost: tuple[float, float], args: argparse.Namespace) -> str:
     lines = [
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, shared with other work (load"
         " averages 1 / 5 / 15 min before and after each pass). PostgreSQL 18 (embedded binaries,"
@@ -249,8 +296,18 @@ def render(passes: list[Pass], args: argparse.Namespace) -> str:
             f" {p.peak_connections} | {p.connections_after} | {p.server_cpu_per_1000:.2f} |"
             f" {bouncer} | {_load(p.load_before)} | {_load(p.load_after)} |"
         )
-    command = " ".join(["python3 dev.py bench pgbouncer", *sys.argv[1:]])
-    lines += ["", f"Command: `{command}`", ""]
+    command = shlex.join(["python3", "dev.py", "bench", "pgbouncer", *sys.argv[1:]])
+    plain, set_local = cost
+    lines += [
+        "",
+        "The statement cap through the pooler, one primary-key read on one studio, one caller:"
+        f" {plain:.0f} us a call as the service runs it (autocommit, the cap the role's"
+        f" default), {set_local:.0f} us with the cap as SET LOCAL in a transaction instead"
+        f" (+{set_local - plain:.0f} us, {set_local / plain:.2f}x: two more round trips).",
+        "",
+        f"Command: `{command}`",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -268,10 +325,12 @@ def main() -> None:
                         help="PgBouncer's default_pool_size (server connections per studio)")  # fmt: skip
     parser.add_argument("--server-idle-timeout", type=int, default=10,
                         help="PgBouncer's: an idle server connection is closed after it")  # fmt: skip
-    parser.add_argument("--modes", type=lambda s: s.split(","), default=["direct", "pgbouncer"])
+    parser.add_argument("--modes", type=lambda s: [m for m in s.split(",") if m],
+                        default=["direct", "pgbouncer"], help="the passes (none: '')")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    table = render(asyncio.run(bench(args)), args)
+    passes, cost = asyncio.run(bench(args))
+    table = render(passes, cost, args)
     args.out.write_text(table)
     print(table)
 
