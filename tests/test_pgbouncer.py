@@ -39,6 +39,7 @@ from tests.conftest import ApiServer, Databases, Tenant
 from tests.row_lock import RowLock, lock_waiters
 from tests.serving import STUDIO, wait_until
 
+pytestmark = pytest.mark.pgbouncer  # `-m pgbouncer`: everything that runs through it
 START = 1_900_000_000
 
 
