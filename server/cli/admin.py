@@ -132,6 +132,24 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
 
 
+def add_tenants_action(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    description: str | None,
+) -> argparse.ArgumentParser:
+    """One more action of `studio tenants`, for a module of its own that adds it beside
+    these (after add_parser): its docstring is the action's description."""
+    tenants = commands.choices["tenants"]
+    actions = next(a for a in tenants._actions if isinstance(a, argparse._SubParsersAction))
+    return actions.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=help_text,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def _action(
     actions: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,

@@ -27,20 +27,18 @@ import psycopg
 from db.tenant_catalog import TenantLocation, server_of, set_pooled_url, with_database
 from db.tenant_roles import set_service_defaults
 from server.cli._common import EXIT_CONFIG, add_data_dir_option
-from server.cli.admin import _runner  # runs an action against the master, embedded or not
+from server.cli.admin import _runner, add_tenants_action  # _runner: against the master
 
 __all__ = ["add_parser"]
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `set-pooled-url` to the actions of `studio tenants` (made by server/cli/admin.py)."""
-    tenants = commands.choices["tenants"]
-    actions = next(a for a in tenants._actions if isinstance(a, argparse._SubParsersAction))
-    parser = actions.add_parser(
+    parser = add_tenants_action(
+        commands,
         "set-pooled-url",
-        help="serve studios through a pooler (PgBouncer) in front of their server",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "serve studios through a pooler (PgBouncer) in front of their server",
+        __doc__,
     )
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--tenant", metavar="SLUG", help="this studio")
