@@ -156,6 +156,10 @@ def test_operators_switch_a_studio_to_the_pooler_and_back(
     )
     assert cleared.returncode == 0, cleared.stderr
     assert _location(api_server.master_url, tenant.slug).pooled_url is None
+    born = _studio(api_server.master_url, "tenants", "create", "--name", "Born Pooled",
+                   "--pooled-url", pgbouncer.url, "--json")  # fmt: skip
+    assert born.returncode == 0, born.stderr
+    assert _location(api_server.master_url, "born-pooled").pooled_url == pgbouncer.url
     missing = _studio(
         api_server.master_url, "tenants", "set-pooled-url", "--tenant", "nope", "--clear"
     )

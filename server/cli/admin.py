@@ -74,7 +74,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=argparse.FileType("r"),
         metavar="FILE",
         help="provision one studio per line of FILE, a JSON object"
-        ' {"name": ..., "slug": ..., "server_url": ...} (slug and server_url optional);'
+        ' {"name": ..., "slug": ..., "server_url": ..., "pooled_url": ...} (all but name'
+        " optional);"
         " - reads standard input. Keys print as JSON lines, one per studio",
     )
     create.add_argument(
