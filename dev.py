@@ -10,6 +10,8 @@
     python3 dev.py bench api                      the API benchmark against pgbench (bench/)
     python3 dev.py bench connect                  Connect and gRPC-Web beside gRPC (bench/)
     python3 dev.py bench summary                  a project summary on the big studio (bench/)
+    python3 dev.py bench pgbouncer                calls/s and PostgreSQL connections with and
+                                                  without PgBouncer, 1,000 studios (bench/)
 
 It is the "Makefile" of the project, written in Python so that a fresh machine with only
 Python needs nothing else. It uses the standard library alone: it runs before the venv exists.
@@ -131,18 +133,32 @@ def ensure_node_packages() -> bool:
     return True
 
 
-def ensure_chromium() -> bool:
-    """Debian's chromium for the browser test (tests/test_web_page.py), installed with apt-get
+def find_program(name: str) -> str | None:
+    """`name` on PATH, or in /usr/sbin where Debian puts daemons (pgbouncer) and a non-root
+    PATH does not look."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
+def ensure_debian_package(program: str, package: str, purpose: str) -> bool:
+    """Debian's `package` (which installs `program`) for `purpose`, installed with apt-get
     when missing and we may (root, as on CI); False if it is not there."""
-    if shutil.which("chromium"):
+    if find_program(program):
         return True
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return False
-    print("dev: installing chromium (Debian) for the browser test", file=sys.stderr, flush=True)
+    print(f"dev: installing {package} (Debian) for {purpose}", file=sys.stderr, flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["update", "-q"], ["install", "-y", "-q", "chromium"]):
+    for command in (["update", "-q"], ["install", "-y", "-q", package]):
         subprocess.run(["apt-get", *command], env=env, stdout=subprocess.DEVNULL, check=False)
-    return shutil.which("chromium") is not None
+    return find_program(program) is not None
+
+
+# Debian packages the suite needs: (program, package, the tests it is for). Outside CI a
+# missing one skips its tests; in CI it fails the run.
+DEBIAN_TOOLS = [
+    ("chromium", "chromium", "the browser test"),
+    ("pgbouncer", "pgbouncer", "the PgBouncer tests (tests/test_pgbouncer.py, -m pgbouncer)"),
+]
 
 
 def _googleapis_protos() -> str:
@@ -246,14 +262,16 @@ def test(pytest_args: list[str]) -> int:
         else:
             print("dev: node is not on PATH: the TypeScript client suite will be SKIPPED",
                   file=sys.stderr)  # fmt: skip
-    if not ensure_chromium():
+    for program, package, purpose in DEBIAN_TOOLS:
+        if ensure_debian_package(program, package, purpose):
+            continue
         if in_ci():
-            print("dev: chromium is not on PATH, and CI must run the browser test",
+            print(f"dev: {program} is not installed, and CI must run {purpose}",
                   file=sys.stderr)  # fmt: skip
-            failed.append("chromium")
+            failed.append(program)
         else:
-            print("dev: chromium is not on PATH: the browser test will be SKIPPED"
-                  " (apt-get install chromium)", file=sys.stderr)  # fmt: skip
+            print(f"dev: {program} is not installed: {purpose} will be SKIPPED"
+                  f" (apt-get install {package})", file=sys.stderr)  # fmt: skip
     rc = _run(PY, "-m", "pytest", *pytest_args, check=False)
     if failed:
         print(f"dev: FAILED checks: {', '.join(failed)}", file=sys.stderr)
@@ -281,6 +299,7 @@ BENCHES = {
     "api": "bench.api_bench",
     "connect": "bench.connect_bench",
     "summary": "bench.summary_bench",
+    "pgbouncer": "bench.pgbouncer_bench",
 }
 
 

@@ -272,10 +272,12 @@ class Run:
     p99_ms: float
 
 
-def _grpc_call(body: Path, key: str, address: str, method: str) -> list[str]:
+def _grpc_call(
+    body: Path, key: str, address: str, method: str, service: str = SERVICE
+) -> list[str]:
     """h2load's arguments for one unary gRPC call of ours: body, headers and URL."""
     return ["-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
-            "-H", f"authorization: Bearer {key}", f"http://{address}{SERVICE}{method}"]  # fmt: skip
+            "-H", f"authorization: Bearer {key}", f"http://{address}{service}{method}"]  # fmt: skip
 
 
 def h2load(

@@ -121,6 +121,7 @@ def _key_records() -> Select[Any]:
             tenant_databases.c.database_name,
             tenant_databases.c.role_name,
             tenant_databases.c.role_password,
+            tenant_databases.c.pooled_url,
         )
         .join(organizations, organizations.c.id == api_keys.c.organization_id)
         .join(tenant_databases, tenant_databases.c.organization_id == organizations.c.id)

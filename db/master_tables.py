@@ -78,6 +78,9 @@ tenant_databases = Table(
     # both NULL for a tenant made before tenant roles, until `studio tenants isolate`.
     Column("role_name", String(63)),
     Column("role_password", Text),
+    # NULL: served at server_url. Otherwise a pooler's libpq URL (no database, no user) the
+    # service connects through; the runner and operator commands keep server_url.
+    Column("pooled_url", Text),
     UniqueConstraint(
         "server_url",
         "database_name",

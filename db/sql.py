@@ -6,7 +6,8 @@ db/references.py) and compiled here once, to the SQL text and parameter style ps
 more CPU per call than PostgreSQL spends on them (a greenlet switch per execute, result
 processing, the compiled-cache lookup: about 250 us of a 400 us primary-key read, measured in
 docs/performance.md); psycopg runs the text directly, and prepares it on each connection
-after a few uses, as pgbench `-M prepared` does. Rows are dicts keyed by column name.
+after a few uses, as pgbench `-M prepared` does (not through a pooler: db/tenant_pools.py).
+Rows are dicts keyed by column name.
 """
 
 from __future__ import annotations

@@ -13,7 +13,12 @@ closed, each freeing its slots for whoever waits; a call that gets no slot withi
 all busy for as long with PoolExhausted (both RESOURCE_EXHAUSTED).
 
 Connections are psycopg's, in autocommit, with dict rows (db/sql.py runs the statements on
-them); each caps its statements at STATEMENT_TIMEOUT_MS, set once when it opens.
+them); each caps its statements at STATEMENT_TIMEOUT_MS, set once when it opens. A tenant
+served through a pooler (its catalogue entry's pooled_url: PgBouncer in transaction mode)
+gets connections that carry no session state: no `options` startup parameter (PgBouncer
+refuses it), the cap coming from the tenant role's own default instead (ALTER ROLE ... SET,
+db/tenant_roles.py: no round trip per call), and no prepared statements (PgBouncer 1.18
+would hand a statement prepared on one server connection to a call on another).
 """
 
 from __future__ import annotations
@@ -21,14 +26,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from psycopg.conninfo import conninfo_to_dict
 
 from db.connection_budget import ConnectionBudget
 from db.connection_pool import ConnectionPool
 from db.engines import STATEMENT_TIMEOUT_MS
-from db.tenant_catalog import TenantLocation, tenant_conninfo
+from db.tenant_catalog import TenantLocation, service_conninfo
 
 if TYPE_CHECKING:
     from db.connection_pool import _Checkout
@@ -58,31 +63,32 @@ class TenantPools:
         self.idle_seconds = idle_seconds
         self.budget = ConnectionBudget(max_connections, wait=pool_timeout, on_full=self._make_room)
         # Least recently used first: `connect` moves a tenant to the end.
-        self._entries: dict[tuple[str | None, str, str | None], _Entry] = {}
+        self._entries: dict[tuple[str | None, str, str | None, str | None], _Entry] = {}
         self._evicting: asyncio.Task[None] | None = None
 
     def connect(self, tenant: TenantLocation) -> _Checkout:
         """A connection to the tenant's database, checked out of its pool on `async with`.
         Enter it at once: the pool counts it as busy (so it is not closed under the
         caller) from then on."""
-        # The role too: a tenant converted to its own role gets a pool that logs in as it.
-        key = (tenant.server_url, tenant.database_name, tenant.role_name)
+        # The role too: a tenant converted to its own role gets a pool that logs in as it;
+        # and the pooler: one put behind (or taken from behind) PgBouncer gets a new pool.
+        key = (tenant.server_url, tenant.database_name, tenant.role_name, tenant.pooled_url)
         entry = self._entries.pop(key, None)
         now = time.monotonic()
         if entry is None:
-            entry = _Entry(self._new_pool(tenant_conninfo(self.master_url, tenant)), now)
+            entry = _Entry(self._new_pool(tenant), now)
         entry.last_used = now
         self._entries[key] = entry
         return entry.pool.connection()
 
-    def _new_pool(self, conninfo: str) -> ConnectionPool:
-        given = conninfo_to_dict(conninfo).get("options") or ""
+    def _new_pool(self, tenant: TenantLocation) -> ConnectionPool:
+        conninfo = service_conninfo(self.master_url, tenant)
         return ConnectionPool(
             conninfo,
             size=self.pool_size,
             timeout=self.pool_timeout,
             budget=self.budget,
-            options={"options": f"{given} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip()},
+            options=_connect_options(conninfo, pooled=tenant.pooled_url is not None),
         )
 
     def _make_room(self) -> None:
@@ -120,3 +126,12 @@ class TenantPools:
         entries, self._entries = list(self._entries.values()), {}
         for entry in entries:
             await entry.pool.close()
+
+
+def _connect_options(conninfo: str, *, pooled: bool) -> dict[str, Any]:
+    """psycopg connect() arguments: straight to PostgreSQL, the statement cap as a startup
+    option and prepared statements after a few uses; through a pooler, neither."""
+    if pooled:
+        return {"prepare_threshold": None}
+    given = conninfo_to_dict(conninfo).get("options") or ""
+    return {"options": f"{given} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip()}

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from psycopg import sql
 
+from db.engines import STATEMENT_TIMEOUT_MS
+
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
@@ -30,6 +32,7 @@ __all__ = [
     "isolate_database",
     "new_password",
     "objects_not_owned_by",
+    "set_service_defaults",
     "tenant_role_name",
 ]
 
@@ -141,7 +144,8 @@ async def ensure_tenant_role(
     set_password: bool,
 ) -> list[str]:
     """Role `role` for database `database_name`, made if missing (its password set when
-    `set_password`), one the administrator may SET ROLE to; what it changed."""
+    `set_password`), with the service's defaults, one the administrator may SET ROLE to;
+    what it changed."""
     ident = sql.Identifier(role.name)
     state = await _role_state(conn, role.name)
     if state is None:
@@ -166,6 +170,7 @@ async def ensure_tenant_role(
                 sql.SQL("ALTER ROLE {} LOGIN {}").format(ident, _password_clause(conn, role))
             )
             changes.append("set the role's password")
+    await set_service_defaults(conn, role.name)
     if await _let_administrator_set_role(conn, role.name):
         changes.append("made the administrator a member of the role")
     return changes
@@ -275,6 +280,17 @@ async def isolate_database(
         if handed:
             changes.append(f"handed {handed} objects to the role")
     return changes
+
+
+async def set_service_defaults(conn: AsyncConnection[tuple[object, ...]], role_name: str) -> None:
+    """The service's statement cap as the role's own default: a connection through a pooler
+    may carry no startup option and no session SET, and this costs no round trip per call
+    (the runner, connecting directly, sets its own; pg_dump sets 0)."""
+    await conn.execute(
+        sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(
+            sql.Identifier(role_name), sql.Literal(STATEMENT_TIMEOUT_MS)
+        )
+    )
 
 
 async def drop_role(conn: AsyncConnection[tuple[object, ...]], name: str) -> None:

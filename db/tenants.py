@@ -129,6 +129,7 @@ async def register_tenant(
     server_url: str | None = None,
     role: TenantRole | None = None,
     organization_id: int | None = None,
+    pooled_url: str | None = None,
 ) -> int:
     """Record an organization and where its (existing, migrated) database lives; its id
     (`organization_id`, when it was reserved with `reserve_organization_id`). Without `role`
@@ -147,6 +148,7 @@ async def register_tenant(
             database_name=database_name,
             role_name=None if role is None else role.name,
             role_password=None if role is None else role.password,
+            pooled_url=pooled_url,
         )
     )
     return int(org_id)
@@ -159,6 +161,7 @@ class TenantSpec:
     name: str
     slug: str | None = None
     server_url: str | None = None
+    pooled_url: str | None = None  # a pooler in front of server_url the service goes through
 
 
 @dataclass
@@ -291,6 +294,7 @@ async def _provision(batch: _Provisioning, spec: TenantSpec) -> ProvisionedTenan
             await register_tenant(
                 conn, name=spec.name, slug=slug, database_name=database_name,
                 server_url=spec.server_url, role=role, organization_id=org_id,
+                pooled_url=spec.pooled_url,
             )  # fmt: skip
             api_key = await create_key(conn, organization_id=org_id, role="admin", name="admin")
     except IsolationError as exc:
@@ -341,9 +345,15 @@ async def provision_tenants(
 
 
 async def provision_tenant(
-    master_url: str, *, name: str, slug: str | None = None, server_url: str | None = None
+    master_url: str,
+    *,
+    name: str,
+    slug: str | None = None,
+    server_url: str | None = None,
+    pooled_url: str | None = None,
 ) -> ProvisionedTenant:
-    [result] = await provision_tenants(master_url, [TenantSpec(name, slug, server_url)])
+    spec = TenantSpec(name, slug, server_url, pooled_url)
+    [result] = await provision_tenants(master_url, [spec])
     if isinstance(result, ProvisionError):
         raise result
     return result

@@ -2,7 +2,9 @@
 
 The server is, in order: STUDIO_TEST_PG_URL if set; the machine's PostgreSQL on
 127.0.0.1:5432 if it answers; else a throwaway cluster started here (and stopped at the end).
-STUDIO_TEST_PG=throwaway forces the throwaway cluster. Every database a test makes is named
+STUDIO_TEST_PG=throwaway forces the throwaway cluster. Tests marked `pgbouncer` that use the
+`api` fixture run twice: on a studio served directly and on one served through a real
+PgBouncer (transaction mode) in front of that server. Every database a test makes is named
 after this run (st_<run id>_...) and dropped at the end, and so is every role (tenant roles are
 named like their databases), so runs never share state.
 """
@@ -26,6 +28,7 @@ from sqlalchemy import select
 
 from db.api_keys import create_key
 from db.engines import create_engine_for
+from db.local_pgbouncer import LocalPgBouncer, pgbouncer_binary
 from db.local_postgres import LocalPostgres
 from db.master_tables import organizations
 from db.migrations.files import migrations_dir
@@ -38,6 +41,19 @@ from tests.serving import ServerProcess, start_serve
 
 RUN_ID = secrets.token_hex(3)
 MACHINE_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+ROUTES = ["direct", "pgbouncer"]  # how the service reaches a studio of the `api` fixture
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "pgbouncer: runs on a studio served through PgBouncer too (api fixture)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "api" in metafunc.fixturenames and metafunc.definition.get_closest_marker("pgbouncer"):
+        metafunc.parametrize("api", ROUTES, indirect=True)
 
 
 def _answers(url: str) -> bool:
@@ -175,9 +191,12 @@ class ApiServer:
         self.http_url = server.http_url  # Connect and gRPC-Web
         self._count = 0
 
-    def new_tenant(self, label: str = "studio") -> Tenant:
+    def new_tenant(self, label: str = "studio", *, pooled_url: str | None = None) -> Tenant:
+        """A new studio; served through the pooler at `pooled_url` when given."""
         self._count += 1
-        provisioned = asyncio.run(provision_tenant(self.master_url, name=f"{label} {self._count}"))
+        provisioned = asyncio.run(
+            provision_tenant(self.master_url, name=f"{label} {self._count}", pooled_url=pooled_url)
+        )
         return Tenant(
             provisioned.slug,
             provisioned.api_key,
@@ -232,8 +251,33 @@ def studio(api_server: ApiServer) -> Tenant:
     return api_server.new_tenant("shared")
 
 
+@pytest.fixture(scope="session")
+def pgbouncer(pg_url: str) -> Iterator[LocalPgBouncer]:
+    """A PgBouncer in transaction mode in front of the test server, one server connection
+    per studio (so every call of a studio shares it: any session state would leak)."""
+    if pgbouncer_binary() is None:
+        if IN_CI:
+            pytest.fail("pgbouncer is not installed, and CI must run the PgBouncer tests")
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    bouncer = LocalPgBouncer(pg_url, pool_size=1)
+    bouncer.start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.destroy()
+
+
+@pytest.fixture(scope="session")
+def pooled_studio(api_server: ApiServer, pgbouncer: LocalPgBouncer) -> Tenant:
+    """A studio the server reaches through PgBouncer (its catalogue entry's pooled_url)."""
+    return api_server.new_tenant("pooled", pooled_url=pgbouncer.url)
+
+
 @pytest.fixture
-def api(api_server: ApiServer, studio: Tenant) -> Iterator[Api]:
+def api(api_server: ApiServer, request: pytest.FixtureRequest) -> Iterator[Api]:
+    """A client of the shared studio; of the pooled one for a `pgbouncer` test's second run."""
+    route = getattr(request, "param", "direct")
+    studio: Tenant = request.getfixturevalue("pooled_studio" if route == "pgbouncer" else "studio")
     client = api_server.api(studio.key)
     try:
         yield client

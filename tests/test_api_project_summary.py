@@ -44,11 +44,17 @@ def _log(api: Api, task_type: int, start: int, minutes: int, **context: int) -> 
     api.time.CreateTimeEntry(time_entry_pb2.CreateTimeEntryRequest(time_entry=entry), timeout=10)
 
 
-@pytest.fixture(scope="module")
-def album(api_server: ApiServer) -> Iterator[tuple[Api, dict[str, int]]]:
+@pytest.fixture(
+    scope="module", params=["direct", pytest.param("pgbouncer", marks=pytest.mark.pgbouncer)]
+)
+def album(
+    api_server: ApiServer, request: pytest.FixtureRequest
+) -> Iterator[tuple[Api, dict[str, int]]]:
     """A studio of its own: an album with sessions in every state, tracks and time; another
-    project of the same client; a project of another client."""
-    api = api_server.api(api_server.new_tenant("rollups").key)
+    project of the same client; a project of another client. Served directly, then through
+    PgBouncer."""
+    pooled = request.getfixturevalue("pgbouncer").url if request.param == "pgbouncer" else None
+    api = api_server.api(api_server.new_tenant("rollups", pooled_url=pooled).key)
     client, other_client = api.client(), api.client("Someone else")
     room = api.room()
     budgeted = project_pb2.Project(client_id=client.id, name="First album", budget="5000.00")

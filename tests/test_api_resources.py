@@ -12,6 +12,7 @@ from tests.api import Api, failure
 from tests.conftest import Tenant
 
 
+@pytest.mark.pgbouncer
 def test_a_room_gets_the_studios_defaults_and_exact_money(api: Api) -> None:
     room = api.room("Live Room", hourly_rate="75.50")
     assert room.type == room_pb2.ROOM_TYPE_RECORDING
@@ -49,6 +50,7 @@ def test_optional_text_can_be_cleared_through_the_mask(api: Api) -> None:
     assert plain.is_vip is False
 
 
+@pytest.mark.pgbouncer
 def test_lists_page_through_every_row_once(api: Api) -> None:
     made = {api.client(f"Paging {n}").id for n in range(5)}
     seen: list[int] = []
@@ -150,6 +152,7 @@ def test_deleting_a_room_unlinks_the_tracks_recorded_in_it_as_an_update_would(
     assert after[2] > before[2]
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.parametrize(
     ("call", "reason"),
     [
@@ -171,6 +174,7 @@ def test_a_project_needs_an_existing_client(api: Api) -> None:
     assert (got.code, got.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CLIENT_NOT_FOUND")
 
 
+@pytest.mark.pgbouncer
 def test_a_project_with_sessions_cannot_move_to_another_client(api: Api) -> None:
     client, room = api.client(), api.room()
     project = api.project(client.id)

@@ -31,6 +31,7 @@ def _get(api: Api, session_id: int) -> session_pb2.Session:
     return api.sessions.GetSession(session_pb2.GetSessionRequest(id=session_id), timeout=10).session
 
 
+@pytest.mark.pgbouncer
 def test_a_session_is_booked_into_a_project_moved_and_unlinked(api: Api) -> None:
     client = api.client()
     room = api.room()
@@ -303,6 +304,7 @@ def test_not_found_is_about_the_session_itself(api: Api) -> None:
         assert got.metadata["sessionId"] == "987654"
 
 
+@pytest.mark.pgbouncer
 def test_a_stale_etag_is_aborted_and_every_write_moves_update_time(api: Api) -> None:
     session = api.session(api.client().id, api.room().id)
     first = _update(api, session_pb2.Session(id=session.id, title="Overdubs", etag=session.etag))
@@ -375,6 +377,7 @@ def _list_all(api: Api, request: session_pb2.ListSessionsRequest) -> list[list[i
         request.page_token = response.next_page_token
 
 
+@pytest.mark.pgbouncer
 def test_sessions_are_listed_by_project_a_page_at_a_time_in_start_order(api: Api) -> None:
     client, room = api.client(), api.room()
     album = api.project(client.id)

@@ -98,6 +98,7 @@ def test_task_types_list_active_first_and_a_used_one_is_deactivated_not_deleted(
         api.close()
 
 
+@pytest.mark.pgbouncer
 def test_a_timer_keeps_the_rate_it_started_with_and_runs_once_per_context(api: Api) -> None:
     mixing = api.task_type("Mixing", "60.00")
     session = api.session(api.client().id, api.room().id, start=T0)
@@ -227,6 +228,7 @@ def test_durations_and_amounts_are_the_databases_and_adjusting_marks_an_entry(ap
     assert got.reason == "TIME_ENTRY_NOT_FOUND"
 
 
+@pytest.mark.pgbouncer
 def test_entries_are_listed_by_context_with_the_totals_of_every_match(api: Api) -> None:
     mixing, editing = api.task_type("Mixing", "60.00"), api.task_type("Editing", "40.00")
     coffee = api.task_type("Coffee", "10.00", category=task_type_pb2.TASK_CATEGORY_NON_BILLABLE)

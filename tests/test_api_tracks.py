@@ -36,6 +36,7 @@ def _update(api: Api, track: track_pb2.Track, *paths: str) -> track_pb2.Track:
     return api.tracks.UpdateTrack(request, timeout=10).track
 
 
+@pytest.mark.pgbouncer
 def test_a_projects_tracks_are_listed_by_number_then_unnumbered_a_page_at_a_time(
     api: Api,
 ) -> None:
@@ -55,6 +56,7 @@ def test_a_projects_tracks_are_listed_by_number_then_unnumbered_a_page_at_a_time
     assert _list(api, project_id=project.id, status=track_pb2.TRACK_STATUS_MIXING) == [["Two"]]
 
 
+@pytest.mark.pgbouncer
 def test_a_track_number_is_once_per_project_and_references_must_exist(api: Api) -> None:
     project = api.project(api.client().id)
     first = api.track(project.id, "Intro", track_number=1, bpm=120, isrc="USRC17607839")

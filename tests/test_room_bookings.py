@@ -43,6 +43,7 @@ def _update(api: Api, session: session_pb2.Session, *paths: str) -> session_pb2.
     return api.sessions.UpdateSession(request, timeout=10).session
 
 
+@pytest.mark.pgbouncer
 def test_a_booked_room_is_refused_naming_the_session_that_holds_it(api: Api) -> None:
     client, room, other_room = api.client(), api.room(), api.room("Studio B")
     held = api.session(client.id, room.id, start=T0, hours=2)

@@ -436,8 +436,9 @@ async def _connect(
 ) -> AsyncConnection[tuple[object, ...]]:
     """Connected, or an OperationalError (TimeoutError once `connect_timeout` has passed,
     whether the server is gone or only silent)."""
-    # The session's statement_timeout is a startup option, so that RESET comes back to it.
-    options = f"-c statement_timeout={int(statement_timeout * 1000)}" if statement_timeout else ""
+    # The session's statement_timeout is a startup option, so that RESET comes back to it;
+    # none given is none (0), not the tenant role's default, which caps the service's calls.
+    options = f"-c statement_timeout={int((statement_timeout or 0) * 1000)}"
     async with asyncio.timeout(connect_timeout):
         return await psycopg.AsyncConnection.connect(
             conninfo,

@@ -74,7 +74,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=argparse.FileType("r"),
         metavar="FILE",
         help="provision one studio per line of FILE, a JSON object"
-        ' {"name": ..., "slug": ..., "server_url": ...} (slug and server_url optional);'
+        ' {"name": ..., "slug": ..., "server_url": ..., "pooled_url": ...} (all but name'
+        " optional);"
         " - reads standard input. Keys print as JSON lines, one per studio",
     )
     create.add_argument(
@@ -87,6 +88,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--server-url",
         metavar="URL",
         help="PostgreSQL server for its database (default: the master's)",
+    )
+    create.add_argument(
+        "--pooled-url",
+        metavar="URL",
+        help="a pooler in front of its server (PgBouncer, transaction mode) the service"
+        " connects through, as a libpq URL without database or user; the runner keeps"
+        " --server-url (see set-pooled-url)",
     )
     create.add_argument(
         "--json", action="store_true", help="print one JSON object (with the admin key)"
@@ -122,6 +130,24 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="KEY",
         help="the key as `keys list` shows it (sk_<prefix>_…, or the prefix of --json), "
         "or the whole key",
+    )
+
+
+def add_tenants_action(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    description: str | None,
+) -> argparse.ArgumentParser:
+    """One more action of `studio tenants`, for a module of its own that adds it beside
+    these (after add_parser): its docstring is the action's description."""
+    tenants = commands.choices["tenants"]
+    actions = next(a for a in tenants._actions if isinstance(a, argparse._SubParsersAction))
+    return actions.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=help_text,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
 
@@ -176,7 +202,8 @@ def _specs(args: argparse.Namespace) -> list[TenantSpec] | str:
             try:
                 entry = json.loads(line)
                 specs.append(TenantSpec(str(entry["name"]), entry.get("slug"),
-                                        entry.get("server_url") or args.server_url))  # fmt: skip
+                                        entry.get("server_url") or args.server_url,
+                                        entry.get("pooled_url") or args.pooled_url))  # fmt: skip
             except (ValueError, KeyError, TypeError) as exc:
                 return (
                     f"line {number} of {args.from_file.name}: not a JSON object with a name ({exc})"
@@ -188,9 +215,10 @@ def _specs(args: argparse.Namespace) -> list[TenantSpec] | str:
         if args.count < 1 or args.slug:
             return "--count takes N >= 1, and makes the slugs from the names (no --slug)"
         return [
-            TenantSpec(f"{args.name} {n}", None, args.server_url) for n in range(1, args.count + 1)
+            TenantSpec(f"{args.name} {n}", None, args.server_url, args.pooled_url)
+            for n in range(1, args.count + 1)
         ]
-    return [TenantSpec(args.name, args.slug, args.server_url)]
+    return [TenantSpec(args.name, args.slug, args.server_url, args.pooled_url)]
 
 
 def _show(tenant: ProvisionedTenant, *, as_json: bool) -> None:
