@@ -1,12 +1,13 @@
 """The middleware every call goes through, outermost first:
 
-    log_call -> map_errors -> admit -> limit_size -> apply_deadline -> authenticate
-             -> parse_and_validate -> in_transaction -> the procedure
+    log_call -> [count_call] -> map_errors -> admit -> limit_size -> apply_deadline
+             -> authenticate -> parse_and_validate -> in_transaction -> the procedure
 
 Each middleware is a small function `(call, next) -> response`. Only `map_errors` talks to
 the transport about failures; everything inside raises `ApiError`s (or lets database errors
-through). A method the server does not have takes the same path up to the limits, and is then
-answered UNIMPLEMENTED: it is logged and carries ErrorInfo too.
+through). `count_call` is there with `--metrics-port` only (server/metrics.py). A method the
+server does not have takes the same path up to the limits, and is then answered
+UNIMPLEMENTED: it is logged and carries ErrorInfo too.
 
 The pipeline knows no transport: each one (gRPC, Connect and gRPC-Web) is an adapter in
 server/adapters/ that hands `run` the call's bytes and a CallContext (server/call_context.py).
@@ -49,11 +50,15 @@ if TYPE_CHECKING:
     from db.tenant_pools import TenantPools
     from server.auth import Authenticator, Principal
     from server.call_context import CallContext, Metadata
+    from server.metrics import Metrics
 
 __all__ = [
     "MAX_REQUEST_BYTES",
+    "UNKNOWN_PROCEDURE",
     "Call",
+    "Next",
     "Pipeline",
+    "failure_code",
 ]
 
 log = logging.getLogger("studio.call")
@@ -93,6 +98,15 @@ def _request_id(metadata: Metadata) -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
+def failure_code(call: Call, exc: BaseException) -> str:
+    """The gRPC code a call that raised `exc` ends with, by the name the log and the metrics
+    give it. A cancellation comes from the transport: the caller left or its deadline passed."""
+    if isinstance(exc, asyncio.CancelledError):
+        remaining = call.context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return call.error.code.name if call.error else "UNKNOWN"
+
+
 async def log_call(call: Call, next_: Next) -> Message:
     """One line per call: method, code, duration, tenant, key prefix (never the key), request
     id, and the reason of a failure. A dict: the JSON formatter writes its fields as the
@@ -101,12 +115,8 @@ async def log_call(call: Call, next_: Next) -> Message:
     code = "OK"
     try:
         return await next_(call)
-    except asyncio.CancelledError:  # by the transport: the caller left or its deadline passed
-        remaining = call.context.time_remaining()
-        code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-        raise
-    except BaseException:
-        code = call.error.code.name if call.error else "UNKNOWN"
+    except BaseException as exc:
+        code = failure_code(call, exc)
         raise
     finally:
         record = {
@@ -193,6 +203,7 @@ class Pipeline:
         throttle: FailedAuthThrottle | None = None,
         *,
         max_concurrent_calls: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.pools = pools
@@ -201,7 +212,8 @@ class Pipeline:
         self.in_flight = 0
         self.draining = False
         self._drained = asyncio.Event()
-        admission: tuple[Middleware, ...] = (log_call, map_errors, self.admit, limit_size)
+        counted: tuple[Middleware, ...] = (metrics.count_call,) if metrics else ()
+        admission = (log_call, *counted, map_errors, self.admit, limit_size)
         self.chain = _compose(
             (
                 *admission,

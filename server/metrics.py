@@ -1,0 +1,198 @@
+"""Prometheus metrics of a `studio serve` process (`--metrics-port`), the calls named as the
+gRPC ecosystem names them (go-grpc-prometheus, py-grpc-prometheus), so that its dashboards and
+alerts work as they are:
+
+    grpc_server_started_total{grpc_type,grpc_service,grpc_method}
+    grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}
+    grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}  (histogram)
+    grpc_server_calls_in_flight{grpc_type,grpc_service,grpc_method}   (gauge)
+
+and what the process holds:
+
+    studio_tenant_pools_open, studio_db_connections_in_use, studio_db_connections_open
+    studio_db_connection_waits_total{limit}, studio_db_connection_wait_seconds_total{limit}
+        limit="studio": every connection of the studio's pool was busy;
+        limit="process": the process held --max-db-connections
+    studio_api_key_cache_hits_total, studio_api_key_cache_misses_total
+    studio_log_lines_dropped_total
+
+Calls over the HTTP port (Connect, gRPC-Web) take the same pipeline and land in the same
+series, with the same labels (grpc_type "unary", the procedure's service and method, the gRPC
+code they end with): the pipeline does not know the transport, and a dashboard counts every
+call. A method the server does not have is counted as service and method "unknown", so that
+made-up names cannot add series without bound.
+
+Cheap per call: `count_call` resolves a method's children on its first call and keeps them,
+then does two counter increments, a histogram observation and a gauge up and down, each an
+uncontended lock of prometheus_client's (with --workers, a write into the worker's mmapped
+file). The state of the process is not counted per call: the event loop copies plain numbers
+into it every SAMPLE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from server.batched_log import BatchedStreamHandler
+from server.pipeline import UNKNOWN_PROCEDURE, failure_code
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+    from db.tenant_pools import TenantPools
+    from server.auth import Authenticator
+    from server.pipeline import Call, Next
+
+__all__ = ["HANDLING_BUCKETS", "SAMPLE_SECONDS", "Metrics"]
+
+GRPC_TYPE = "unary"  # every procedure of ours is unary
+UNKNOWN = "unknown"
+METHOD_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+# From 1 ms: most calls take a few (the ecosystem's default starts at 5 ms).
+HANDLING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SAMPLE_SECONDS = 1.0
+LIVE: Literal["livesum"] = "livesum"  # a gauge of --workers: the sum over the workers alive
+
+
+class _Method:
+    """One method's children, made on its first call: a call does no label lookup, and a code
+    is one dict lookup."""
+
+    __slots__ = ("_codes", "_handled", "_labels", "in_flight", "seconds", "started")
+
+    def __init__(self, metrics: Metrics, service: str, name: str) -> None:
+        labels = (GRPC_TYPE, service, name)
+        self.started = metrics.started.labels(*labels)
+        self.seconds = metrics.handling_seconds.labels(*labels)
+        self.in_flight = metrics.in_flight.labels(*labels)
+        self._handled = metrics.handled
+        self._labels = labels
+        self._codes: dict[str, Counter] = {}
+
+    def handled(self, code: str) -> Counter:
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = self._handled.labels(*self._labels, code)
+        return child
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.started = Counter(
+            "grpc_server_started", "RPCs started on the server.", METHOD_LABELS, registry=r
+        )
+        self.handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, regardless of success or failure.",
+            (*METHOD_LABELS, "grpc_code"),
+            registry=r,
+        )
+        self.handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Response latency (seconds) of RPCs handled by the server.",
+            METHOD_LABELS,
+            buckets=HANDLING_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "grpc_server_calls_in_flight", "RPCs started and not yet handled.", METHOD_LABELS,
+            registry=r, multiprocess_mode=LIVE,
+        )  # fmt: skip
+        self.pools_open = Gauge(
+            "studio_tenant_pools_open", "Studios with a connection pool open.",
+            registry=r, multiprocess_mode=LIVE,
+        )  # fmt: skip
+        self.connections_in_use = Gauge(
+            "studio_db_connections_in_use", "Tenant database connections checked out by calls.",
+            registry=r, multiprocess_mode=LIVE,
+        )  # fmt: skip
+        self.connections_open = Gauge(
+            "studio_db_connections_open", "Tenant database connections open (the budget used).",
+            registry=r, multiprocess_mode=LIVE,
+        )  # fmt: skip
+        self.waits = Counter(
+            "studio_db_connection_waits", "Calls that waited for a tenant database connection"
+            " (limit: studio, its pool all busy; process, --max-db-connections held).",
+            ("limit",), registry=r,
+        )  # fmt: skip
+        self.wait_seconds = Counter(
+            "studio_db_connection_wait_seconds", "Seconds calls waited for a connection.",
+            ("limit",), registry=r,
+        )  # fmt: skip
+        self.key_cache_hits = Counter(
+            "studio_api_key_cache_hits", "API key lookups answered from the cache.", registry=r
+        )
+        self.key_cache_misses = Counter(
+            "studio_api_key_cache_misses", "API key lookups sent to the master.", registry=r
+        )
+        self.log_lines_dropped = Counter(
+            "studio_log_lines_dropped",
+            "Log lines lost: the log stream blocked or failed (server/batched_log.py).",
+            registry=r,
+        )
+        self._methods: dict[str, _Method] = {}
+
+    def _method(self, call: Call) -> _Method:
+        procedure = call.procedure
+        key = UNKNOWN if procedure is UNKNOWN_PROCEDURE else call.method
+        found = self._methods.get(key)
+        if found is None:
+            service, name = (UNKNOWN, UNKNOWN) if key == UNKNOWN else (procedure.service,
+                                                                       procedure.name)  # fmt: skip
+            found = self._methods[key] = _Method(self, service, name)
+        return found
+
+    async def count_call(self, call: Call, next_: Next) -> Message:
+        """The middleware: started, in flight, then handled with its code and its duration."""
+        method = self._method(call)
+        method.started.inc()
+        method.in_flight.inc()
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await next_(call)
+        except BaseException as exc:
+            code = failure_code(call, exc)
+            raise
+        finally:
+            method.seconds.observe(time.perf_counter() - started)
+            method.in_flight.dec()
+            method.handled(code).inc()
+
+    async def sample_forever(self, pools: TenantPools, authenticator: Authenticator) -> None:
+        """Copy the process's plain numbers into the metrics, now and every SAMPLE_SECONDS."""
+        budget = pools.budget
+        fed: list[tuple[Counter, Callable[[], float]]] = [
+            (self.waits.labels("studio"), lambda: pools.pool_waits.count),
+            (self.waits.labels("process"), lambda: budget.waits.count),
+            (self.wait_seconds.labels("studio"), lambda: pools.pool_waits.seconds),
+            (self.wait_seconds.labels("process"), lambda: budget.waits.seconds),
+            (self.key_cache_hits, lambda: authenticator.cache_hits),
+            (self.key_cache_misses, lambda: authenticator.cache_misses),
+            (self.log_lines_dropped, dropped_log_lines),
+        ]
+        seen = [0.0] * len(fed)
+        while True:
+            self.pools_open.set(len(pools))
+            self.connections_in_use.set(pools.in_use())
+            self.connections_open.set(budget.open)
+            for n, (counter, total) in enumerate(fed):
+                now = total()
+                if now > seen[n]:
+                    counter.inc(now - seen[n])
+                    seen[n] = now
+            await asyncio.sleep(SAMPLE_SECONDS)
+
+
+def dropped_log_lines() -> int:
+    """Lines this process's log handlers dropped so far."""
+    handlers = logging.getLogger().handlers
+    return sum(h.dropped for h in handlers if isinstance(h, BatchedStreamHandler))

@@ -1,0 +1,192 @@
+"""`studio serve --metrics-port`: what a Prometheus scrape shows after real calls, over gRPC
+and over the HTTP port, from one process and from the workers of `--workers 2` in one scrape;
+a busy metrics port is refused like the other ports."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from studio.v1 import client_pb2
+from tests.api import Api, failure
+from tests.conftest import Databases
+from tests.connect_api import post_json
+from tests.polling import wait_until
+from tests.serving import ServerProcess, children_of, serve_refused, start_serve
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+CLIENTS = "studio.v1.ClientService"
+
+
+def parse(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def scrape(server: ServerProcess) -> Samples:
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return parse(response.read().decode())
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def method(name: str, service: str = CLIENTS, **more: str) -> dict[str, str]:
+    return {"grpc_type": "unary", "grpc_service": service, "grpc_method": name, **more}
+
+
+@pytest.fixture(scope="module")
+def served(
+    databases: Databases, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, str]]:
+    """A server with metrics (a key cached for longer than the test), and its demo key."""
+    data_dir = tmp_path_factory.mktemp("metrics")
+    process = start_serve(
+        data_dir, "--metrics-port", "0", "--key-cache-seconds", "600",
+        master_url=databases.create("metrics"),
+    )  # fmt: skip
+    try:
+        yield process, (data_dir / "demo-api-key").read_text().strip()
+    finally:
+        assert process.terminate() == 0
+
+
+def test_a_scrape_counts_calls_by_method_and_code_over_grpc_and_http(
+    served: tuple[ServerProcess, str],
+) -> None:
+    server, key = served
+    assert any(line.startswith("serving metrics on 127.0.0.1:") for line in server.output)
+    api = Api(server.address, key)
+    try:
+        for name in ("Ada", "Grace"):
+            api.clients.CreateClient(
+                client_pb2.CreateClientRequest(client=client_pb2.Client(name=name)), timeout=10
+            )
+        with pytest.raises(grpc.RpcError) as missing:
+            api.clients.GetClient(client_pb2.GetClientRequest(id=424_242), timeout=10)
+        assert failure(missing.value).code is grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as invalid:
+            api.clients.CreateClient(client_pb2.CreateClientRequest(), timeout=10)
+        assert failure(invalid.value).code is grpc.StatusCode.INVALID_ARGUMENT
+        unknown = api.channel.unary_unary("/studio.v1.NoSuchService/Nothing")
+        with pytest.raises(grpc.RpcError):
+            unknown(b"", timeout=10)
+    finally:
+        api.close()
+    # The same procedure over Connect (the HTTP port): the same series.
+    answer = post_json(server.http_url, f"/{CLIENTS}/ListClients", {}, key=key)
+    assert answer.status == 200
+
+    got = scrape(server)
+    handled = "grpc_server_handled_total"
+    assert value(got, handled, **method("CreateClient", grpc_code="OK")) == 2
+    assert value(got, handled, **method("CreateClient", grpc_code="INVALID_ARGUMENT")) == 1
+    assert value(got, handled, **method("GetClient", grpc_code="NOT_FOUND")) == 1
+    assert value(got, handled, **method("ListClients", grpc_code="OK")) == 1
+    assert value(got, handled, **method("unknown", "unknown", grpc_code="UNIMPLEMENTED")) == 1
+    assert value(got, "grpc_server_started_total", **method("CreateClient")) == 3
+    assert value(got, "grpc_server_handling_seconds_count", **method("CreateClient")) == 3
+    assert (
+        value(got, "grpc_server_handling_seconds_bucket", **method("CreateClient"), le="+Inf") == 3
+    )
+    assert value(got, "grpc_server_calls_in_flight", **method("CreateClient")) == 0
+    # Sampled each second: the key looked up once, then cached (the unknown method is not
+    # authenticated), and the pool of the demo studio.
+    wait_until(
+        lambda: value(scrape(server), "studio_api_key_cache_hits_total") == 4,
+        timeout=10, what="the key cache hits reach the metrics",
+    )  # fmt: skip
+    got = scrape(server)
+    assert value(got, "studio_api_key_cache_misses_total") == 1
+    assert value(got, "studio_tenant_pools_open") == 1
+    assert value(got, "studio_db_connections_in_use") == 0
+    assert value(got, "studio_db_connections_open") >= 1
+    assert value(got, "studio_db_connection_waits_total", limit="studio") == 0
+    assert value(got, "studio_log_lines_dropped_total") == 0
+
+
+def _worker_files(worker: int) -> Path:
+    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    found = next(v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+    return Path(found.split(b"=", 1)[1].decode())
+
+
+def _calls_of(directory: Path, pid: int, into: Path) -> float:
+    """The ListClients calls one worker counted, read from its own files alone."""
+    into.mkdir()
+    for file in directory.glob(f"*_{pid}.db"):
+        shutil.copy(file, into / file.name)
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in MultiProcessCollector(None, str(into)).collect()  # type: ignore[no-untyped-call]
+        for s in family.samples
+    }
+    return value(samples, "grpc_server_started_total", **method("ListClients"))
+
+
+def test_one_scrape_of_a_supervisor_sums_its_workers(databases: Databases, tmp_path: Path) -> None:
+    server = start_serve(
+        tmp_path / "data", "--workers", "2", "--metrics-port", "0",
+        master_url=databases.create("metrics_workers"),
+    )  # fmt: skip
+    try:
+        workers = sorted(children_of(server.process.pid))
+        assert len(workers) == 2
+        directory = _worker_files(workers[0])
+        key = (tmp_path / "data" / "demo-api-key").read_text().strip()
+        per_worker: list[float] = []
+        calls = 0
+        while calls < 200:  # HTTP/1.1 from urllib: a new connection each, spread by the kernel
+            for _ in range(10):
+                answer = post_json(server.http_url, f"/{CLIENTS}/ListClients", {}, key=key)
+                assert answer.status == 200
+            calls += 10
+            per_worker = [
+                _calls_of(directory, pid, tmp_path / f"w{pid}-{calls}") for pid in workers
+            ]
+            if all(per_worker):
+                break
+        assert all(per_worker), f"the calls did not reach both workers: {per_worker}"
+        assert sum(per_worker) == calls
+        got = scrape(server)
+        assert value(got, "grpc_server_started_total", **method("ListClients")) == calls
+        assert (
+            value(got, "grpc_server_handled_total", **method("ListClients", grpc_code="OK"))
+            == calls
+        )
+        assert value(got, "grpc_server_calls_in_flight", **method("ListClients")) == 0
+        wait_until(
+            lambda: value(scrape(server), "studio_tenant_pools_open") == 2,
+            timeout=10, what="each worker's pool of the demo studio is summed",
+        )  # fmt: skip
+    finally:
+        assert server.terminate() == 0
+    assert not directory.exists(), "the workers' metrics directory outlived the supervisor"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_busy_metrics_port_is_refused(databases: Databases, tmp_path: Path, workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = serve_refused(
+            tmp_path, "--port", "0", "--workers", workers, "--metrics-port", str(port),
+            master_url=databases.create(f"metrics_busy_{workers}"),
+        )  # fmt: skip
+    assert code == 3
+    assert f"studio serve: port {port} is in use" in output
+    assert "serving gRPC on" not in output
