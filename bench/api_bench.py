@@ -600,8 +600,10 @@ async def one_pass(
     repetition. Repetitions interleave the three, so that a slow moment of this shared
     machine weighs on all of them rather than on one."""
     rows: list[Row] = []
-    # With --metrics each server twice, one after the other: off, then on.
-    for workers, metrics in [(w, m) for w in args.workers for m in METRICS_VARIANTS[args.metrics]]:
+    # With --metrics each server twice, one after the other: off then on, on then off in the
+    # next repetition (so that neither always runs on the database the other has grown).
+    variants = METRICS_VARIANTS[args.metrics][:: 1 if repetition % 2 else -1]
+    for workers, metrics in [(w, m) for w in args.workers for m in variants]:
         log = work / f"server-{workers}{'-metrics' if metrics else ''}.log"
         server, address = start_server(master_url, workers, log, metrics=metrics)
         baselines = workers == args.workers[0] and not metrics and args.baselines
@@ -611,11 +613,14 @@ async def one_pass(
                           if not args.only or s.name in args.only]  # fmt: skip
             for scenario in chosen:
                 for clients in args.concurrency:
+                    pair = [r.pgbench_tps for r in rows if (r.workers, r.concurrency) == (workers, clients)
+                            and r.scenario.removesuffix(METRICS_LABEL) == scenario.name]  # fmt: skip
                     row = await measure(
                             scenario, clients=clients, seconds=args.seconds,
                             address=address, key=big_key, pids=pids, tenant_url=big_url,
                             server_log=log, tools=tools, work=work, workers=workers,
                             profile=args.profile, label=METRICS_LABEL if metrics else "",
+                            pgbench_tps=pair[0] if pair else None,  # the other half of a pair's
                         )  # fmt: skip
                     rows.append(row)
                     print(f"{workers}w {row.scenario:<30} c={clients:<3}"

@@ -107,8 +107,9 @@ class TenantPools:
         return len(self._entries)
 
     def in_use(self) -> int:
-        """Connections checked out (or being opened for a caller), all studios together."""
-        return sum(entry.pool.busy for entry in self._entries.values())
+        """Connections checked out (or being opened for a caller), all studios together. A
+        pool's `busy` counts its waiters too, who wait only when all `size` are taken."""
+        return sum(min(entry.pool.busy, entry.pool.size) for entry in self._entries.values())
 
     async def close_idle(self) -> int:
         """Close the pools of tenants idle for longer than idle_seconds; how many."""

@@ -37,7 +37,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 from server.batched_log import BatchedStreamHandler
 from server.pipeline import UNKNOWN_PROCEDURE, failure_code
@@ -84,6 +90,9 @@ class _Method:
 
 class Metrics:
     def __init__(self) -> None:
+        # No `_created` series (the ecosystem's have none, and they double a scrape's size).
+        # For the process: a server's metrics are the only ones it has.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         r = self.registry
         self.started = Counter(

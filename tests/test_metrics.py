@@ -4,10 +4,12 @@ a busy metrics port is refused like the other ports."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -15,11 +17,14 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from studio.v1 import client_pb2
+from db.tenant_catalog import with_database
+from db.tenants import provision_tenant
+from studio.v1 import client_pb2, session_pb2
 from tests.api import Api, failure
 from tests.conftest import Databases
 from tests.connect_api import post_json
 from tests.polling import wait_until
+from tests.row_lock import RowLock, lock_waiters
 from tests.serving import ServerProcess, children_of, serve_refused, start_serve
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -116,6 +121,57 @@ def test_a_scrape_counts_calls_by_method_and_code_over_grpc_and_http(
     assert value(got, "studio_db_connections_open") >= 1
     assert value(got, "studio_db_connection_waits_total", limit="studio") == 0
     assert value(got, "studio_log_lines_dropped_total") == 0
+
+
+POOL_SIZE = 5  # a studio's connections in one process (server/app.py)
+
+
+def test_calls_waiting_on_a_lock_show_in_flight_and_the_one_past_the_pool_counts_a_wait(
+    databases: Databases, tmp_path: Path
+) -> None:
+    master_url = databases.create("metrics_waits")
+    server = start_serve(tmp_path, "--no-demo", "--metrics-port", "0", master_url=master_url)
+    api = None
+    try:
+        tenant = asyncio.run(provision_tenant(master_url, name="Waiting Room"))
+        api = Api(server.address, tenant.api_key)
+        session = api.session(api.client().id, api.room().id)
+        update = session_pb2.UpdateSessionRequest(
+            session=session_pb2.Session(id=session.id, title="Waiting")
+        )
+        tenant_url = with_database(master_url, tenant.database_name)
+        calls = POOL_SIZE + 1
+        updates = method("UpdateSession", "studio.v1.SessionService")
+        with RowLock(tenant_url, session.id) as row_lock, ThreadPoolExecutor(calls) as pool:
+            stuck = [pool.submit(api.sessions.UpdateSession, update, timeout=30)
+                     for _ in range(calls)]  # fmt: skip
+            wait_until(lambda: lock_waiters(tenant_url) == POOL_SIZE, timeout=10,
+                       what="the studio's connections all wait for the row")  # fmt: skip
+            wait_until(
+                lambda: (got := scrape(server))
+                and value(got, "grpc_server_calls_in_flight", **updates) == calls
+                and value(got, "studio_db_connections_in_use") == POOL_SIZE,
+                timeout=3, what="the calls in flight and the connections in use are shown",
+            )  # fmt: skip
+            row_lock.release()
+            assert all(f.result().session.title == "Waiting" for f in stuck)
+
+        def waited() -> bool:
+            got = scrape(server)
+            return (
+                value(got, "studio_db_connection_waits_total", limit="studio") == 1
+                and value(got, "studio_db_connection_wait_seconds_total", limit="studio") > 0
+            )
+
+        wait_until(waited, timeout=10, what="the call past the pool counted as a wait")
+        got = scrape(server)
+        assert value(got, "grpc_server_calls_in_flight", **updates) == 0
+        assert value(got, "grpc_server_handled_total", **updates, grpc_code="OK") == calls
+        assert value(got, "studio_db_connection_waits_total", limit="process") == 0
+    finally:
+        if api is not None:
+            api.close()
+        assert server.terminate() == 0
 
 
 def _worker_files(worker: int) -> Path:
