@@ -162,5 +162,5 @@ async def start_app(
     app.run_in_background(_watch_master(app), "watch the master database")
     app.run_in_background(_close_idle_pools(app), "close idle tenant pools")
     if metrics is not None:
-        app.run_in_background(metrics.sample_forever(pools, authenticator), "sample metrics")
+        app.run_in_background(metrics.sample_forever(pipeline), "sample metrics")
     return app

@@ -5,9 +5,11 @@ alerts work as they are:
     grpc_server_started_total{grpc_type,grpc_service,grpc_method}
     grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}
     grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}  (histogram)
-    grpc_server_calls_in_flight{grpc_type,grpc_service,grpc_method}   (gauge)
 
 and what the process holds:
+
+    grpc_server_calls_in_flight  (calls admitted and not yet answered; the ecosystem has no
+        such gauge and derives it per method as started - handled)
 
     studio_tenant_pools_open, studio_db_connections_in_use, studio_db_connections_open
     studio_db_connection_waits_total{limit}, studio_db_connection_wait_seconds_total{limit}
@@ -23,10 +25,11 @@ call. A method the server does not have is counted as service and method "unknow
 made-up names cannot add series without bound.
 
 Cheap per call: `count_call` resolves a method's children on its first call and keeps them,
-then does two counter increments, a histogram observation and a gauge up and down, each an
+then does two counter increments and a histogram observation (four value updates), each an
 uncontended lock of prometheus_client's (with --workers, a write into the worker's mmapped
-file). The state of the process is not counted per call: the event loop copies plain numbers
-into it every SAMPLE_SECONDS.
+file). The state of the process, calls in flight included, is not counted per call: the
+event loop copies plain numbers the pipeline, the pools and the key cache keep into the
+metrics every SAMPLE_SECONDS.
 """
 
 from __future__ import annotations
@@ -51,9 +54,7 @@ from server.pipeline import UNKNOWN_PROCEDURE, failure_code
 if TYPE_CHECKING:
     from google.protobuf.message import Message
 
-    from db.tenant_pools import TenantPools
-    from server.auth import Authenticator
-    from server.pipeline import Call, Next
+    from server.pipeline import Call, Next, Pipeline
 
 __all__ = ["HANDLING_BUCKETS", "SAMPLE_SECONDS", "Metrics"]
 
@@ -70,13 +71,12 @@ class _Method:
     """One method's children, made on its first call: a call does no label lookup, and a code
     is one dict lookup."""
 
-    __slots__ = ("_codes", "_handled", "_labels", "in_flight", "seconds", "started")
+    __slots__ = ("_codes", "_handled", "_labels", "seconds", "started")
 
     def __init__(self, metrics: Metrics, service: str, name: str) -> None:
         labels = (GRPC_TYPE, service, name)
         self.started = metrics.started.labels(*labels)
         self.seconds = metrics.handling_seconds.labels(*labels)
-        self.in_flight = metrics.in_flight.labels(*labels)
         self._handled = metrics.handled
         self._labels = labels
         self._codes: dict[str, Counter] = {}
@@ -112,7 +112,7 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "grpc_server_calls_in_flight", "RPCs started and not yet handled.", METHOD_LABELS,
+            "grpc_server_calls_in_flight", "RPCs admitted and not yet answered.",
             registry=r, multiprocess_mode=LIVE,
         )  # fmt: skip
         self.pools_open = Gauge(
@@ -160,10 +160,9 @@ class Metrics:
         return found
 
     async def count_call(self, call: Call, next_: Next) -> Message:
-        """The middleware: started, in flight, then handled with its code and its duration."""
+        """The middleware: started, then handled with its code and its duration."""
         method = self._method(call)
         method.started.inc()
-        method.in_flight.inc()
         started = time.perf_counter()
         code = "OK"
         try:
@@ -173,12 +172,11 @@ class Metrics:
             raise
         finally:
             method.seconds.observe(time.perf_counter() - started)
-            method.in_flight.dec()
             method.handled(code).inc()
 
-    async def sample_forever(self, pools: TenantPools, authenticator: Authenticator) -> None:
+    async def sample_forever(self, pipeline: Pipeline) -> None:
         """Copy the process's plain numbers into the metrics, now and every SAMPLE_SECONDS."""
-        budget = pools.budget
+        pools, authenticator, budget = pipeline.pools, pipeline.authenticator, pipeline.pools.budget
         fed: list[tuple[Counter, Callable[[], float]]] = [
             (self.waits.labels("studio"), lambda: pools.pool_waits.count),
             (self.waits.labels("process"), lambda: budget.waits.count),
@@ -190,6 +188,7 @@ class Metrics:
         ]
         seen = [0.0] * len(fed)
         while True:
+            self.in_flight.set(pipeline.in_flight)
             self.pools_open.set(len(pools))
             self.connections_in_use.set(pools.in_use())
             self.connections_open.set(budget.open)
