@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
@@ -49,7 +48,7 @@ from prometheus_client import (
 )
 
 from server.batched_log import BatchedStreamHandler
-from server.pipeline import UNKNOWN_PROCEDURE, failure_code
+from server.pipeline import UNKNOWN_PROCEDURE
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -160,19 +159,15 @@ class Metrics:
         return found
 
     async def count_call(self, call: Call, next_: Next) -> Message:
-        """The middleware: started, then handled with its code and its duration."""
+        """The middleware, just outside log_call: started, then handled with the code and the
+        duration log_call gave the call (the log line and the metrics agree)."""
         method = self._method(call)
         method.started.inc()
-        started = time.perf_counter()
-        code = "OK"
         try:
             return await next_(call)
-        except BaseException as exc:
-            code = failure_code(call, exc)
-            raise
         finally:
-            method.seconds.observe(time.perf_counter() - started)
-            method.handled(code).inc()
+            method.seconds.observe(call.seconds)
+            method.handled(call.code).inc()
 
     async def sample_forever(self, pipeline: Pipeline) -> None:
         """Copy the process's plain numbers into the metrics, now and every SAMPLE_SECONDS."""

@@ -1,7 +1,7 @@
 """The middleware every call goes through, outermost first:
 
-    log_call -> [count_call] -> map_errors -> admit -> limit_size -> apply_deadline
-             -> authenticate -> parse_and_validate -> in_transaction -> the procedure
+    [count_call] -> log_call -> map_errors -> admit -> limit_size -> apply_deadline
+                 -> authenticate -> parse_and_validate -> in_transaction -> the procedure
 
 Each middleware is a small function `(call, next) -> response`. Only `map_errors` talks to
 the transport about failures; everything inside raises `ApiError`s (or lets database errors
@@ -58,7 +58,6 @@ __all__ = [
     "Call",
     "Next",
     "Pipeline",
-    "failure_code",
 ]
 
 log = logging.getLogger("studio.call")
@@ -79,6 +78,8 @@ class Call:
     request: Message | None = None
     db: Connection | None = None
     error: ApiError | None = None
+    code: str = "OK"  # how it ended and how long it took, once log_call has returned
+    seconds: float = 0.0
 
 
 Next = Callable[[Call], Awaitable[Message]]
@@ -98,31 +99,27 @@ def _request_id(metadata: Metadata) -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
-def failure_code(call: Call, exc: BaseException) -> str:
-    """The gRPC code a call that raised `exc` ends with, by the name the log and the metrics
-    give it. A cancellation comes from the transport: the caller left or its deadline passed."""
-    if isinstance(exc, asyncio.CancelledError):
-        remaining = call.context.time_remaining()
-        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-    return call.error.code.name if call.error else "UNKNOWN"
-
-
 async def log_call(call: Call, next_: Next) -> Message:
     """One line per call: method, code, duration, tenant, key prefix (never the key), request
     id, and the reason of a failure. A dict: the JSON formatter writes its fields as the
-    line's (server/log_format.py)."""
+    line's (server/log_format.py). The code and the duration stay on the call, for the
+    metrics."""
     started = time.perf_counter()
-    code = "OK"
     try:
         return await next_(call)
-    except BaseException as exc:
-        code = failure_code(call, exc)
+    except asyncio.CancelledError:  # by the transport: the caller left or its deadline passed
+        remaining = call.context.time_remaining()
+        call.code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+        raise
+    except BaseException:
+        call.code = call.error.code.name if call.error else "UNKNOWN"
         raise
     finally:
+        call.seconds = time.perf_counter() - started
         record = {
             "method": call.method,
-            "code": code,
-            "ms": round((time.perf_counter() - started) * 1000, 2),
+            "code": call.code,
+            "ms": round(call.seconds * 1000, 2),
             "tenant": call.principal.tenant.slug if call.principal else None,
             "key": call.principal.key_prefix if call.principal else None,
             "request_id": call.request_id,
@@ -213,7 +210,7 @@ class Pipeline:
         self.draining = False
         self._drained = asyncio.Event()
         counted: tuple[Middleware, ...] = (metrics.count_call,) if metrics else ()
-        admission = (log_call, *counted, map_errors, self.admit, limit_size)
+        admission = (*counted, log_call, map_errors, self.admit, limit_size)
         self.chain = _compose(
             (
                 *admission,
