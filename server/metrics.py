@@ -110,22 +110,18 @@ class Metrics:
             buckets=HANDLING_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge(
-            "grpc_server_calls_in_flight", "RPCs admitted and not yet answered.",
-            registry=r, multiprocess_mode=LIVE,
-        )  # fmt: skip
-        self.pools_open = Gauge(
-            "studio_tenant_pools_open", "Studios with a connection pool open.",
-            registry=r, multiprocess_mode=LIVE,
-        )  # fmt: skip
-        self.connections_in_use = Gauge(
-            "studio_db_connections_in_use", "Tenant database connections checked out by calls.",
-            registry=r, multiprocess_mode=LIVE,
-        )  # fmt: skip
-        self.connections_open = Gauge(
-            "studio_db_connections_open", "Tenant database connections open (the budget used).",
-            registry=r, multiprocess_mode=LIVE,
-        )  # fmt: skip
+        self.in_flight = self._gauge(
+            "grpc_server_calls_in_flight", "RPCs admitted and not yet answered."
+        )
+        self.pools_open = self._gauge(
+            "studio_tenant_pools_open", "Studios with a connection pool open."
+        )
+        self.connections_in_use = self._gauge(
+            "studio_db_connections_in_use", "Tenant database connections checked out by calls."
+        )
+        self.connections_open = self._gauge(
+            "studio_db_connections_open", "Tenant database connections open (the budget used)."
+        )
         self.waits = Counter(
             "studio_db_connection_waits", "Calls that waited for a tenant database connection"
             " (limit: studio, its pool all busy; process, --max-db-connections held).",
@@ -147,6 +143,10 @@ class Metrics:
             registry=r,
         )
         self._methods: dict[str, _Method] = {}
+
+    def _gauge(self, name: str, documentation: str) -> Gauge:
+        """A gauge sampled from the process's state; with --workers, summed over those alive."""
+        return Gauge(name, documentation, registry=self.registry, multiprocess_mode=LIVE)
 
     def _method(self, call: Call) -> _Method:
         procedure = call.procedure

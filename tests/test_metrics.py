@@ -49,6 +49,22 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def wait_for_sample(
+    server: ServerProcess, what: str, expected: dict[str, float], timeout: float = 10
+) -> Samples:
+    """Scrape until these (unlabelled) values, copied into the metrics once a second, are as
+    expected; the last scrape."""
+    found: Samples = {}
+
+    def matches() -> bool:
+        nonlocal found
+        found = scrape(server)
+        return all(value(found, name) == want for name, want in expected.items())
+
+    wait_until(matches, timeout=timeout, what=what)
+    return found
+
+
 def method(name: str, service: str = CLIENTS, **more: str) -> dict[str, str]:
     return {"grpc_type": "unary", "grpc_service": service, "grpc_method": name, **more}
 
@@ -109,13 +125,8 @@ def test_a_scrape_counts_calls_by_method_and_code_over_grpc_and_http(
     )
     # Sampled each second: the key looked up once, then cached (the unknown method is not
     # authenticated), no call in flight any more, and the pool of the demo studio.
-    wait_until(
-        lambda: (got := scrape(server))
-        and value(got, "studio_api_key_cache_hits_total") == 4
-        and value(got, "grpc_server_calls_in_flight") == 0,
-        timeout=10, what="the key cache hits reach the metrics",
-    )  # fmt: skip
-    got = scrape(server)
+    settled = {"studio_api_key_cache_hits_total": 4, "grpc_server_calls_in_flight": 0}
+    got = wait_for_sample(server, "the key cache hits reach the metrics", settled)
     assert value(got, "studio_api_key_cache_misses_total") == 1
     assert value(got, "studio_tenant_pools_open") == 1
     assert value(got, "studio_db_connections_in_use") == 0
@@ -148,11 +159,10 @@ def test_calls_waiting_on_a_lock_show_in_flight_and_the_one_past_the_pool_counts
                      for _ in range(calls)]  # fmt: skip
             wait_until(lambda: lock_waiters(tenant_url) == POOL_SIZE, timeout=10,
                        what="the studio's connections all wait for the row")  # fmt: skip
-            wait_until(
-                lambda: (got := scrape(server))
-                and value(got, "grpc_server_calls_in_flight") == calls
-                and value(got, "studio_db_connections_in_use") == POOL_SIZE,
-                timeout=3, what="the calls in flight and the connections in use are shown",
+            wait_for_sample(
+                server, "the calls in flight and the connections in use are shown",
+                {"grpc_server_calls_in_flight": calls, "studio_db_connections_in_use": POOL_SIZE},
+                timeout=3,
             )  # fmt: skip
             row_lock.release()
             assert all(f.result().session.title == "Waiting" for f in stuck)
@@ -224,12 +234,8 @@ def test_one_scrape_of_a_supervisor_sums_its_workers(databases: Databases, tmp_p
             value(got, "grpc_server_handled_total", **method("ListClients", grpc_code="OK"))
             == calls
         )
-        wait_until(
-            lambda: (got := scrape(server))
-            and value(got, "studio_tenant_pools_open") == 2
-            and value(got, "grpc_server_calls_in_flight") == 0,
-            timeout=10, what="each worker's pool of the demo studio is summed",
-        )  # fmt: skip
+        settled = {"studio_tenant_pools_open": 2, "grpc_server_calls_in_flight": 0}
+        wait_for_sample(server, "each worker's pool of the demo studio is summed", settled)
     finally:
         assert server.terminate() == 0
     assert not directory.exists(), "the workers' metrics directory outlived the supervisor"

@@ -65,6 +65,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--metrics-port",
         type=int,
         default=None,
+        metavar="PORT",
         help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port; with"
         " --workers, one scrape sums them all). Default: no metrics",
     )
