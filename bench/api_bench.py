@@ -2,7 +2,8 @@
 
     python3 dev.py bench api [--sessions 1000000] [--tenants 1000] [--concurrency 1,16,64]
                              [--seconds 5] [--workers 1,2] [--out bench/results.md]
-                             [--only GetSession,...] [--profile DIR]
+                             [--only GetSession,...] [--profile DIR] [--metrics]
+                             [--no-baselines]
 
 It starts its own PostgreSQL (fsync and synchronous commit on; or uses STUDIO_DATABASE_URL's
 server), provisions a big studio (1,000 clients, 10 rooms, 10,000 projects, 1,000,000
@@ -19,6 +20,11 @@ measures, asserts nothing.
 `--profile DIR` records each run with py-spy (collapsed stacks, DIR/<scenario>-c<n>-w<n>.txt)
 and writes where the server's CPU went (DIR/summary.md); profiled runs are slower, so their
 table goes to DIR too, not to bench/results.md.
+
+`--metrics` runs every studio serve twice in a row, without and with `--metrics-port`
+(Prometheus, server/metrics.py; rows marked "(metrics on)"), and ends with the CPU per call
+each costs; `--no-baselines` leaves out the floor, the tRPC peer and the tenant mix (as for
+`--metrics --no-baselines --out bench/metrics_results.md`).
 """
 
 from __future__ import annotations
@@ -398,6 +404,8 @@ FLOOR_SCENARIOS = (
     "ListSessions by project (50)",
 )
 FLOOR_LABEL = " (floor: bare grpc.aio + psycopg)"
+METRICS_LABEL = " (metrics on)"
+METRICS_VARIANTS = {False: (False,), True: (False, True)}  # by --metrics
 PEER_LABEL = " (peer: tRPC + Drizzle + pg)"
 
 
@@ -420,9 +428,12 @@ def start_floor(tenant_url: str) -> tuple[subprocess.Popen[str], str]:
 
 
 def listening_address(server: subprocess.Popen[str], name: str, log: Path | None = None) -> str:
-    """host:port from the server's "serving gRPC on host:port" line (it prints it when ready)."""
+    """host:port from the server's "serving gRPC on host:port" line (it prints it when ready;
+    the metrics line, with --metrics-port, comes before it)."""
     assert server.stdout is not None
     line = server.stdout.readline()
+    if line.startswith("serving metrics on "):
+        line = server.stdout.readline()
     if not line.startswith("serving gRPC on "):
         tail = log.read_text()[-2000:] if log else ""
         raise RuntimeError(f"{name} did not start: {line}{tail}")
@@ -450,13 +461,16 @@ def pin(workers: int) -> None:
     os.sched_setaffinity(0, cores[workers:])  # inherited by what we start from now on
 
 
-def start_server(master_url: str, workers: int, log: Path) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    master_url: str, workers: int, log: Path, *, metrics: bool = False
+) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
     studio = str(Path(sys.executable).parent / "studio")
     server = subprocess.Popen(
         on_server_cores([studio, "serve", "--port", "0", "--no-http", "--no-demo",
                          "--skip-migrations", "--workers", str(workers),
-                         "--max-db-connections", "1050", "--event-loop", EVENT_LOOP[0]]),
+                         "--max-db-connections", "1050", "--event-loop", EVENT_LOOP[0],
+                         *(["--metrics-port", "0"] if metrics else [])]),
         env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
     )  # fmt: skip
     return server, listening_address(server, "studio serve", log)
@@ -573,7 +587,7 @@ async def bench(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
             for repetition in range(1, args.repeat + 1):
                 rows += await one_pass(args, master_url, base, big_url, big_key, keys, tools,
                                        work, notes, repetition)  # fmt: skip
-            notes += comparisons(rows)
+            notes += comparisons(rows) + metrics_cost(rows)
             return rows, notes
         finally:
             if cluster is not None:
@@ -588,20 +602,27 @@ async def one_pass(
     repetition. Repetitions interleave the three, so that a slow moment of this shared
     machine weighs on all of them rather than on one."""
     rows: list[Row] = []
-    for workers in args.workers:
-        log = work / f"server-{workers}.log"
-        server, address = start_server(master_url, workers, log)
+    # With --metrics each server twice, one after the other: off then on, on then off in the
+    # next repetition (so that neither always runs on the database the other has grown).
+    variants = METRICS_VARIANTS[args.metrics][:: 1 if repetition % 2 else -1]
+    for workers, metrics in [(w, m) for w in args.workers for m in variants]:
+        log = work / f"server-{workers}{'-metrics' if metrics else ''}.log"
+        server, address = start_server(master_url, workers, log, metrics=metrics)
+        baselines = workers == args.workers[0] and not metrics and args.baselines
         try:
             pids = server_pids(server.pid)
             chosen = [s for s in scenarios(update_id=10_000, list_project=1)
                           if not args.only or s.name in args.only]  # fmt: skip
             for scenario in chosen:
                 for clients in args.concurrency:
+                    pair = [r.pgbench_tps for r in rows if (r.workers, r.concurrency) == (workers, clients)
+                            and r.scenario.removesuffix(METRICS_LABEL) == scenario.name]  # fmt: skip
                     row = await measure(
                             scenario, clients=clients, seconds=args.seconds,
                             address=address, key=big_key, pids=pids, tenant_url=big_url,
                             server_log=log, tools=tools, work=work, workers=workers,
-                            profile=args.profile,
+                            profile=args.profile, label=METRICS_LABEL if metrics else "",
+                            pgbench_tps=pair[0] if pair else None,  # the other half of a pair's
                         )  # fmt: skip
                     rows.append(row)
                     print(f"{workers}w {row.scenario:<30} c={clients:<3}"
@@ -609,7 +630,7 @@ async def one_pass(
                               f" cpu {row.cpu_per_1000:.2f} ms/call"
                               f" pgbench {row.pgbench_tps:8.0f}/s ratio {row.ratio:.2f}"
                               f" ok {row.grpc_ok} failed {row.grpc_failed}", flush=True)  # fmt: skip
-            if workers == args.workers[0] and keys and repetition == 1:
+            if baselines and keys and repetition == 1:
                 for clients in [c for c in args.concurrency if c > 1]:
                     mix = await tenant_mix(keys, clients=clients, address=address,
                                                h2=tools[0], work=work)  # fmt: skip
@@ -625,7 +646,7 @@ async def one_pass(
         finally:
             server.terminate()
             server.wait(30)
-        if workers == args.workers[0]:
+        if baselines:
             rows += await measure_floor(rows, chosen, args, big_url, tools, work)
             rows += await measure_peer(rows, chosen, args, base, work)
     for row in rows:
@@ -746,6 +767,33 @@ def comparisons(rows: list[Row]) -> list[str]:
     return lines
 
 
+def metrics_cost(rows: list[Row]) -> list[str]:
+    """What the metrics cost a call: CPU per call with them on against off, per scenario,
+    concurrency and workers, over the repetitions (each pair ran back to back)."""
+    off = {(r.scenario, r.concurrency, r.workers, r.repetition): r for r in rows}
+    pairs: dict[tuple[str, int, int], list[tuple[Row, Row]]] = {}
+    for r in rows:
+        if r.scenario.endswith(METRICS_LABEL):
+            name = r.scenario.removesuffix(METRICS_LABEL)
+            base = off.get((name, r.concurrency, r.workers, r.repetition))
+            if base is not None and base.cpu_per_1000:
+                pairs.setdefault((name, r.concurrency, r.workers), []).append((base, r))
+    lines = []
+    for (name, clients, workers), runs in pairs.items():
+        cost_us = [(on.cpu_per_1000 - b.cpu_per_1000) * 1000 for b, on in runs]
+        share = [on.cpu_per_1000 / b.cpu_per_1000 - 1 for b, on in runs]
+        lines.append(
+            f"metrics on against off, {name} at {clients}, {workers} worker(s): CPU per call"
+            f" {_span([on.cpu_per_1000 for _, on in runs])} against"
+            f" {_span([b.cpu_per_1000 for b, _ in runs])} ms, a difference of"
+            f" {statistics.median(cost_us):+.0f} us ({statistics.median(share):+.1%}) median"
+            f" over {len(runs)} pairs (range {min(cost_us):+.0f} to {max(cost_us):+.0f} us);"
+            f" req/s {_span([on.rps for _, on in runs], 0)} against"
+            f" {_span([b.rps for b, _ in runs], 0)}"
+        )
+    return lines
+
+
 def _span(values: list[float], digits: int = 2) -> str:
     low, high = min(values), max(values)
     return (
@@ -825,6 +873,10 @@ def main() -> None:
                         help="scenario names, comma-separated (default: all)")  # fmt: skip
     parser.add_argument("--profile", type=Path, default=None,
                         help="record each run with py-spy into this directory")  # fmt: skip
+    parser.add_argument("--metrics", action="store_true",
+                        help="every studio run again with --metrics-port: the metrics' cost")  # fmt: skip
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="leave out the floor, the tRPC peer and the tenant mix")  # fmt: skip
     args = parser.parse_args()
     EVENT_LOOP[0] = args.event_loop
     if args.pin:

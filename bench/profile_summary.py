@@ -23,6 +23,7 @@ LAYERS = (
     ("protovalidate", "(protovalidate/"),
     ("protobuf", "(google/protobuf/"),
     ("protobuf", "(protobuf/"),
+    ("prometheus_client (--metrics-port)", "(prometheus_client/"),
     ("logging and json", "(logging/"),
     ("logging and json", "(json/"),
     ("our code (server/, db/)", "(server/"),

@@ -10,10 +10,11 @@ passes straight to the first waiter. All of it is O(1) and in memory.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 
-from db.connection_pool import PoolTimeout
+from db.connection_pool import PoolTimeout, Waits
 
 __all__ = ["ConnectionBudget", "ConnectionBudgetExhausted"]
 
@@ -32,6 +33,7 @@ class ConnectionBudget:
         self.open = 0  # slots taken: connections open, or being opened
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._waiting = 0  # waiters that have not given up
+        self.waits = Waits()  # openers that waited for a slot, for the metrics
 
     @property
     def waiting(self) -> int:
@@ -45,6 +47,8 @@ class ConnectionBudget:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._waiting += 1
+        self.waits.count += 1
+        started = time.monotonic()
         self.on_full()
         try:
             async with asyncio.timeout(self.wait):
@@ -61,6 +65,8 @@ class ConnectionBudget:
                     f"its limit of {self.limit}"
                 ) from None
             raise
+        finally:
+            self.waits.seconds += time.monotonic() - started
 
     def release(self) -> None:
         while self._waiters:

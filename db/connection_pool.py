@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -32,9 +34,18 @@ if TYPE_CHECKING:
     from db.connection_budget import ConnectionBudget
     from db.sql import Connection
 
-__all__ = ["ConnectionPool", "PoolExhausted", "PoolTimeout"]
+__all__ = ["ConnectionPool", "PoolExhausted", "PoolTimeout", "Waits"]
 
 _IN_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+
+@dataclass
+class Waits:
+    """Callers that waited for a connection and the seconds they waited, all together: plain
+    numbers the event loop adds to, for the metrics (server/metrics.py) to read."""
+
+    count: int = 0
+    seconds: float = 0.0
 
 
 class PoolTimeout(Exception):
@@ -77,6 +88,7 @@ class ConnectionPool:
         timeout: float,
         budget: ConnectionBudget,
         options: Mapping[str, Any],
+        waits: Waits | None = None,
     ) -> None:
         self.conninfo = conninfo
         self.size = size
@@ -89,6 +101,7 @@ class ConnectionPool:
         # Callers waiting for a connection; handed one, or None: "open one yourself".
         self._waiters: deque[asyncio.Future[_BudgetedConnection | None]] = deque()
         self._closed = False
+        self.waits = waits if waits is not None else Waits()  # shared by a process's pools
 
     def connection(self) -> _Checkout:
         """`async with pool.connection() as conn`: a connection for the block."""
@@ -128,6 +141,8 @@ class ConnectionPool:
         waiter: asyncio.Future[_BudgetedConnection | None]
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self.waits.count += 1
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout):
                 conn = await waiter
@@ -142,6 +157,8 @@ class ConnectionPool:
                     f"{self.timeout:g} s"
                 ) from None
             raise
+        finally:
+            self.waits.seconds += time.monotonic() - started
         return conn if conn is not None else await self._new()
 
     def _pass_on(self, conn: _BudgetedConnection | None) -> bool:

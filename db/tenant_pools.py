@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg.conninfo import conninfo_to_dict
 
 from db.connection_budget import ConnectionBudget
-from db.connection_pool import ConnectionPool
+from db.connection_pool import ConnectionPool, Waits
 from db.engines import STATEMENT_TIMEOUT_MS
 from db.tenant_catalog import TenantLocation, service_conninfo
 
@@ -65,6 +65,7 @@ class TenantPools:
         # Least recently used first: `connect` moves a tenant to the end.
         self._entries: dict[tuple[str | None, str, str | None, str | None], _Entry] = {}
         self._evicting: asyncio.Task[None] | None = None
+        self.pool_waits = Waits()  # callers that found their studio's pool all busy
 
     def connect(self, tenant: TenantLocation) -> _Checkout:
         """A connection to the tenant's database, checked out of its pool on `async with`.
@@ -89,6 +90,7 @@ class TenantPools:
             timeout=self.pool_timeout,
             budget=self.budget,
             options=_connect_options(conninfo, pooled=tenant.pooled_url is not None),
+            waits=self.pool_waits,
         )
 
     def _make_room(self) -> None:
@@ -109,6 +111,11 @@ class TenantPools:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def in_use(self) -> int:
+        """Connections checked out (or being opened for a caller), all studios together. A
+        pool's `busy` counts its waiters too, who wait only when all `size` are taken."""
+        return sum(min(entry.pool.busy, entry.pool.size) for entry in self._entries.values())
 
     async def close_idle(self) -> int:
         """Close the pools of tenants idle for longer than idle_seconds; how many."""

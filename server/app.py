@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
@@ -20,6 +21,9 @@ from server.grpc_server import ServingServer, TlsFiles, start_server
 from server.http_server import HttpServer, start_http_server
 from server.pipeline import Pipeline
 from server.routers import ROUTERS
+
+if TYPE_CHECKING:
+    from server.metrics import Metrics
 
 __all__ = ["App", "start_app"]
 
@@ -131,9 +135,11 @@ async def start_app(
     share_port: bool = False,
     http_port: int | None = None,
     cors_origins: tuple[str, ...] = (),
+    metrics: Metrics | None = None,
 ) -> App:
     """`http_port`: also serve Connect and gRPC-Web there (None: not at all; 0: any free
-    port); `cors_origins`: the browser origins allowed to call it (`*`: any)."""
+    port); `cors_origins`: the browser origins allowed to call it (`*`: any); `metrics`:
+    count every call and sample the pools into them (served by the caller)."""
     master = create_engine_for(master_url, pool_size=5, pool_timeout=5.0)
     authenticator = Authenticator(master, cache_seconds=key_cache_seconds)
     pools = TenantPools(master_url, pool_size=tenant_pool_size, max_connections=max_db_connections)
@@ -142,6 +148,7 @@ async def start_app(
         pools,
         FailedAuthThrottle(per_second=auth_failures_per_second),
         max_concurrent_calls=max_concurrent_calls,
+        metrics=metrics,
     )
     serving = await start_server(host, port, pipeline, ROUTERS, tls=tls, share_port=share_port)
     http = None
@@ -159,4 +166,6 @@ async def start_app(
     app = App(serving, pipeline, pools, authenticator, http)
     app.run_in_background(_watch_master(app), "watch the master database")
     app.run_in_background(_close_idle_pools(app), "close idle tenant pools")
+    if metrics is not None:
+        app.run_in_background(metrics.sample_forever(pipeline), "sample metrics")
     return app

@@ -128,6 +128,9 @@ class Authenticator:
         self._keys: dict[str, tuple[float, KeyRecord]] = {}
         self._unknown: dict[str, float] = {}  # prefix -> known not to exist until
         self._batched = BatchedLookup(self._find_keys)
+        # Lookups answered from the caches, and those that went to the master (the metrics).
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     async def _find_keys(self, prefixes: list[str]) -> dict[str, KeyRecord]:
         async with self.master.connect() as conn:
@@ -137,14 +140,16 @@ class Authenticator:
         now = time.monotonic()
         known = self._keys.get(prefix)
         if known is not None and known[0] > now:
+            self.cache_hits += 1
             return known[1]
-        if known is None:
-            if self._unknown.get(prefix, 0.0) > now:
-                return None
-            if throttled:
-                record = await self._batched.find(prefix)
-                self._remember(prefix, record, now)
-                return record
+        if known is None and self._unknown.get(prefix, 0.0) > now:
+            self.cache_hits += 1
+            return None
+        self.cache_misses += 1
+        if known is None and throttled:
+            record = await self._batched.find(prefix)
+            self._remember(prefix, record, now)
+            return record
         async with self.master.connect() as conn:
             record = await find_key(conn, prefix)
         self._remember(prefix, record, now)

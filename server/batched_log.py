@@ -18,6 +18,9 @@ from typing import TextIO
 __all__ = ["BatchedStreamHandler"]
 
 FLUSH_AT_LINES = 5000  # wake the writer early when this many lines are pending
+# Lines pending past this (the stream blocks: a full pipe nobody reads) are dropped and
+# counted rather than kept without bound: about 30 MB of lines.
+MAX_PENDING_LINES = 100_000
 
 
 class BatchedStreamHandler(logging.Handler):
@@ -32,6 +35,8 @@ class BatchedStreamHandler(logging.Handler):
         self._draining = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
+        self.dropped = 0  # lines lost: not formatted, past MAX_PENDING_LINES, or not written
+        self._counting = threading.Lock()  # taken only when a line is dropped
         self._writer = threading.Thread(target=self._write_loop, name="log-writer", daemon=True)
         self._writer.start()
 
@@ -39,12 +44,16 @@ class BatchedStreamHandler(logging.Handler):
         try:
             line = self.format(record)
         except Exception:  # noqa: BLE001 (logging's contract: report, never raise)
+            self._drop(1)
             self.handleError(record)
             return
         self.write_line(line)
 
     def write_line(self, line: str) -> None:
         """Queue a line formatted elsewhere (a child process's log line), in order with ours."""
+        if len(self._pending) >= MAX_PENDING_LINES:
+            self._drop(1)
+            return
         self._pending.append(line + "\n")
         if len(self._pending) >= FLUSH_AT_LINES:
             self._wake.set()
@@ -70,7 +79,11 @@ class BatchedStreamHandler(logging.Handler):
                 self.stream.write("".join(lines))
                 self.stream.flush()
             except (OSError, ValueError):  # the stream is gone (a closed pipe): nothing to do
-                pass
+                self._drop(len(lines))
+
+    def _drop(self, lines: int) -> None:
+        with self._counting:
+            self.dropped += lines
 
     def close(self) -> None:
         self._stopping = True

@@ -1,12 +1,13 @@
 """The middleware every call goes through, outermost first:
 
-    log_call -> map_errors -> admit -> limit_size -> apply_deadline -> authenticate
-             -> parse_and_validate -> in_transaction -> the procedure
+    [count_call] -> log_call -> map_errors -> admit -> limit_size -> apply_deadline
+                 -> authenticate -> parse_and_validate -> in_transaction -> the procedure
 
 Each middleware is a small function `(call, next) -> response`. Only `map_errors` talks to
 the transport about failures; everything inside raises `ApiError`s (or lets database errors
-through). A method the server does not have takes the same path up to the limits, and is then
-answered UNIMPLEMENTED: it is logged and carries ErrorInfo too.
+through). `count_call` is there with `--metrics-port` only (server/metrics.py). A method the
+server does not have takes the same path up to the limits, and is then answered
+UNIMPLEMENTED: it is logged and carries ErrorInfo too.
 
 The pipeline knows no transport: each one (gRPC, Connect and gRPC-Web) is an adapter in
 server/adapters/ that hands `run` the call's bytes and a CallContext (server/call_context.py).
@@ -49,10 +50,13 @@ if TYPE_CHECKING:
     from db.tenant_pools import TenantPools
     from server.auth import Authenticator, Principal
     from server.call_context import CallContext, Metadata
+    from server.metrics import Metrics
 
 __all__ = [
     "MAX_REQUEST_BYTES",
+    "UNKNOWN_PROCEDURE",
     "Call",
+    "Next",
     "Pipeline",
 ]
 
@@ -74,6 +78,8 @@ class Call:
     request: Message | None = None
     db: Connection | None = None
     error: ApiError | None = None
+    code: str = "OK"  # how it ended and how long it took, once log_call has returned
+    seconds: float = 0.0
 
 
 Next = Callable[[Call], Awaitable[Message]]
@@ -96,23 +102,24 @@ def _request_id(metadata: Metadata) -> str:
 async def log_call(call: Call, next_: Next) -> Message:
     """One line per call: method, code, duration, tenant, key prefix (never the key), request
     id, and the reason of a failure. A dict: the JSON formatter writes its fields as the
-    line's (server/log_format.py)."""
+    line's (server/log_format.py). The code and the duration stay on the call, for the
+    metrics."""
     started = time.perf_counter()
-    code = "OK"
     try:
         return await next_(call)
     except asyncio.CancelledError:  # by the transport: the caller left or its deadline passed
         remaining = call.context.time_remaining()
-        code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+        call.code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
         raise
     except BaseException:
-        code = call.error.code.name if call.error else "UNKNOWN"
+        call.code = call.error.code.name if call.error else "UNKNOWN"
         raise
     finally:
+        call.seconds = time.perf_counter() - started
         record = {
             "method": call.method,
-            "code": code,
-            "ms": round((time.perf_counter() - started) * 1000, 2),
+            "code": call.code,
+            "ms": round(call.seconds * 1000, 2),
             "tenant": call.principal.tenant.slug if call.principal else None,
             "key": call.principal.key_prefix if call.principal else None,
             "request_id": call.request_id,
@@ -193,6 +200,7 @@ class Pipeline:
         throttle: FailedAuthThrottle | None = None,
         *,
         max_concurrent_calls: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.pools = pools
@@ -201,7 +209,8 @@ class Pipeline:
         self.in_flight = 0
         self.draining = False
         self._drained = asyncio.Event()
-        admission: tuple[Middleware, ...] = (log_call, map_errors, self.admit, limit_size)
+        counted: tuple[Middleware, ...] = (metrics.count_call,) if metrics else ()
+        admission = (*counted, log_call, map_errors, self.admit, limit_size)
         self.chain = _compose(
             (
                 *admission,

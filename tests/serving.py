@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 STUDIO = str(Path(sys.executable).parent / "studio")
 READY = "serving gRPC on "  # the last line: every port is served
 HTTP_READY = "serving HTTP on "  # before it, unless --no-http
+METRICS_READY = "serving metrics on "  # before them, with --metrics-port
 
 
 @dataclass
@@ -26,6 +27,7 @@ class ServerProcess:
     process: subprocess.Popen[str]
     port: int = 0
     http_port: int = 0  # Connect and gRPC-Web; 0 with --no-http
+    metrics_port: int = 0  # Prometheus; 0 without --metrics-port
     output: list[str] = field(default_factory=list)
     reader: threading.Thread | None = None
 
@@ -78,6 +80,8 @@ def start_serve(
             server.output.append(line)
             if line.startswith(HTTP_READY):
                 server.http_port = _port(line)
+            if line.startswith(METRICS_READY):
+                server.metrics_port = _port(line)
             if line.startswith(READY):
                 server.port = _port(line)
                 ready.set()

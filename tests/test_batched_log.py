@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 
-from server.batched_log import BatchedStreamHandler
+from server.batched_log import MAX_PENDING_LINES, BatchedStreamHandler
 
 
 def _logger(handler: logging.Handler, name: str) -> logging.Logger:
@@ -104,3 +104,34 @@ def test_lines_written_as_they_are_keep_their_place_among_records() -> None:
         logger.removeHandler(handler)
         handler.close()
     assert stream.getvalue().splitlines() == [f"line {n}" for n in range(20_000)]
+
+
+class _Broken(io.StringIO):
+    def write(self, _text: str) -> int:
+        raise OSError("the pipe is gone")
+
+
+def test_lines_that_cannot_be_written_are_counted_as_dropped() -> None:
+    handler = BatchedStreamHandler(_Broken(), interval=10)  # nothing written until the flush
+    logger = _logger(handler, "test.batched.broken")
+    try:
+        for n in range(3):
+            logger.info("line %d", n)
+        handler.flush()
+        assert handler.dropped == 3
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_past_the_bound_of_pending_lines_new_ones_are_dropped_and_counted() -> None:
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=10)
+    try:
+        with handler._draining:  # the writer is stuck in a write: nothing leaves the buffer
+            for n in range(MAX_PENDING_LINES + 5):
+                handler.write_line(f"line {n}")
+            assert handler.dropped == 5
+    finally:
+        handler.close()
+    assert stream.getvalue().splitlines()[-1] == f"line {MAX_PENDING_LINES - 1}"

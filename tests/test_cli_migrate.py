@@ -39,7 +39,9 @@ def test_status_exits_6_while_files_are_pending_and_0_once_applied(fresh_db: str
     [report, summary] = json_lines(status.stdout)
     assert report["status"] == "pending"
     assert report["pending"] == TENANT_VERSIONS
-    assert summary == {"summary": {"databases": 1, "by_status": {"pending": 1}, "exit_code": 6}}
+    assert summary["summary"]["by_status"] == {"pending": 1}  # type: ignore[index]
+    assert summary["summary"]["exit_code"] == 6  # type: ignore[index]
+    assert summary["summary"]["duration_ms"]["median"] == report["duration_ms"]  # type: ignore[index]
 
     up = studio("migrate", "up", "--database-url", fresh_db)
     assert up.returncode == 0, up.stdout + up.stderr

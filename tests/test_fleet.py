@@ -313,3 +313,37 @@ def test_on_a_terminal_a_fleet_run_shows_a_live_progress_bar(fleet_setup: FleetS
     assert "up-to-date 1" in final
     assert "ETA" in screen.decode()
     assert stdout.strip() == "applied: 6 up-to-date: 1"
+
+
+def test_the_json_summary_has_a_dashboards_figures_per_status_and_per_server(
+    fleet_setup: FleetSetup,
+) -> None:
+    """Counts per status, the run's time and each tenant's (median, p95), and the same per
+    server: a dashboard reads one line, and the failing server stands out."""
+    slugs = list(fleet_setup.tenants)
+    broken_slug, broken_url = slugs[-1], fleet_setup.tenants[slugs[-1]]  # on the second server
+    with psycopg.connect(broken_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE session_labels (id int)")
+    _add(fleet_setup, next_file("add_labels"), "CREATE TABLE session_labels (label text);\n")
+
+    result = fleet_setup.studio("up", "--json")
+
+    assert result.returncode == 4, result.stdout + result.stderr
+    *lines, last = [json.loads(line) for line in result.stdout.splitlines()]
+    summary = last["summary"]
+    assert summary["by_status"] == {"up-to-date": 1, "applied": 5, "failed": 1}
+    tenant_ms = sorted(e["duration_ms"] for e in lines if e["tenant"] is not None)
+    durations = summary["duration_ms"]
+    assert durations["sum"] == sum(tenant_ms)
+    assert durations["max"] == tenant_ms[-1]
+    assert durations["p95"] == tenant_ms[-1]  # nearest rank of 6
+    assert tenant_ms[2] <= durations["median"] <= tenant_ms[3]
+    assert durations["total"] >= durations["max"]
+    broken_server = next(e["server"] for e in lines if e["tenant"] == broken_slug)
+    master_server = next(e["server"] for e in lines if e["target"] == "master")
+    assert broken_server != master_server
+    assert summary["servers"][broken_server]["by_status"] == {"applied": 2, "failed": 1}
+    assert summary["servers"][master_server]["by_status"] == {"up-to-date": 1, "applied": 3}
+    assert summary["servers"][master_server]["databases"] == 4
+    per_server_ms = {s: v["duration_ms"]["sum"] for s, v in summary["servers"].items()}
+    assert sum(per_server_ms.values()) == sum(e["duration_ms"] for e in lines)

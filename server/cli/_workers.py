@@ -69,9 +69,11 @@ async def supervise(
     count: int,
     stop: asyncio.Event,
     on_ready: Callable[[], None],
+    *,
+    on_exit: Callable[[int], None] | None = None,
 ) -> bool:
     """Run `count` workers until `stop` is set; True if all ended cleanly, False if one could
-    not start or they kept crashing."""
+    not start or they kept crashing. `on_exit` is told the pid of each worker that ended."""
     workers = _Workers(command, env)
     failed = False
     for _ in range(count):
@@ -81,9 +83,13 @@ async def supervise(
             break
     if not failed:
         on_ready()
-        failed = await _keep_running(workers, stop)
+        failed = await _keep_running(workers, stop, on_exit or _ignore)
     codes = await workers.stop_all()
     return not failed and all(code == 0 for code in codes)
+
+
+def _ignore(_pid: int) -> None:
+    pass
 
 
 class RestartBudget:
@@ -107,7 +113,9 @@ class RestartBudget:
         return True
 
 
-async def _keep_running(workers: _Workers, stop: asyncio.Event) -> bool:
+async def _keep_running(
+    workers: _Workers, stop: asyncio.Event, on_exit: Callable[[int], None]
+) -> bool:
     """Replace workers that exit until `stop` is set; True if they died too often."""
     budget = RestartBudget()
     stopping = asyncio.ensure_future(stop.wait())
@@ -122,6 +130,7 @@ async def _keep_running(workers: _Workers, stop: asyncio.Event) -> bool:
             for waiter in done:
                 dead = exits[waiter]
                 workers.running.remove(dead)
+                on_exit(dead.pid)
                 if not budget.take(time.monotonic()):
                     log.error(
                         "worker pid %d exited (code %s); %d restarts within %.0fs: giving up",

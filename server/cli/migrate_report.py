@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -87,6 +90,42 @@ def _status_table(reports: list[DatabaseReport]) -> str:
     return "\n".join(lines)
 
 
+def _counts(reports: list[DatabaseReport]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in reports:
+        counts[str(r.status)] = counts.get(str(r.status), 0) + 1
+    return counts
+
+
+def _durations(reports: list[DatabaseReport]) -> dict[str, int | None]:
+    """Milliseconds per database: median, p95 (nearest rank), max and their sum."""
+    ms = sorted(r.duration_ms for r in reports)
+    if not ms:
+        return {"median": None, "p95": None, "max": None, "sum": 0}
+    p95 = ms[max(0, math.ceil(len(ms) * 0.95) - 1)]
+    return {"median": round(statistics.median(ms)), "p95": p95, "max": ms[-1], "sum": sum(ms)}
+
+
+def summary_of(reports: list[DatabaseReport], code: int, wall_ms: int) -> dict[str, object]:
+    """What a dashboard of a run needs: counts per status, the run's wall-clock time and the
+    time per database (the tenants, or the one database of --database-url), and the same
+    per server, so that a slow or failing server stands out."""
+    tenants = [r for r in reports if r.tenant is not None] or reports
+    servers: dict[str, list[DatabaseReport]] = {}
+    for r in reports:
+        servers.setdefault(r.server or "unknown", []).append(r)
+    return {
+        "databases": len(reports),
+        "by_status": _counts(reports),
+        "exit_code": code,
+        "duration_ms": {"total": wall_ms, **_durations(tenants)},
+        "servers": {
+            server: {"databases": len(rs), "by_status": _counts(rs), "duration_ms": _durations(rs)}
+            for server, rs in sorted(servers.items())
+        },
+    }
+
+
 def failed_targets(report_file: Path) -> frozenset[str]:
     names = set()
     for line in report_file.read_text().splitlines():
@@ -104,6 +143,7 @@ class Output:
         self.report_file = report_file
         self.progress = Progress(sys.stderr) if sys.stderr.isatty() and not as_json else None
         self.reports: list[DatabaseReport] = []
+        self.started = time.monotonic()
 
     def plan(self, count: int) -> None:
         if self.progress:
@@ -123,12 +163,9 @@ class Output:
             print(line if self.json else _human(report), flush=True)
 
     def summary(self, reports: list[DatabaseReport], code: int, mode: str) -> None:
-        counts: dict[str, int] = {}
-        for r in reports:
-            counts[str(r.status)] = counts.get(str(r.status), 0) + 1
-        line = json.dumps(
-            {"summary": {"databases": len(reports), "by_status": counts, "exit_code": code}}
-        )
+        wall_ms = round((time.monotonic() - self.started) * 1000)
+        line = json.dumps({"summary": summary_of(reports, code, wall_ms)})
+        counts = _counts(reports)
         if self.report_file:
             self.report_file.write(line + "\n")
             self.report_file.flush()

@@ -1,4 +1,5 @@
-"""`studio serve`: run the server: gRPC on --port, Connect and gRPC-Web on --http-port."""
+"""`studio serve`: run the server: gRPC on --port, Connect and gRPC-Web on --http-port,
+Prometheus metrics on --metrics-port."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from server.database_setup import ensure_demo_tenant, migrate_all, open_database
 from server.grpc_server import TlsFiles
 from server.listen_port import PortInUse, PortReservation, check_port_free, reserve_port
 from server.log_setup import json_logging
+from server.metrics import Metrics
+from server.metrics_port import MULTIPROC_ENV, MetricsEndpoint, WorkersMetrics, serve_metrics
 
 __all__ = ["add_parser"]
 
@@ -57,6 +60,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--no-http", action="store_true", help="serve gRPC only (no Connect, no gRPC-Web)"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port; with"
+        " --workers, one scrape sums them all). Default: no metrics",
     )
     parser.add_argument(
         "--cors-origin",
@@ -153,12 +164,23 @@ async def _run_workers(
         *(["--http-port", str(ports.http.port)] if ports.http else []),
     ]  # fmt: skip
     env = {**os.environ, "STUDIO_DATABASE_URL": master_url}
+    with contextlib.ExitStack() as held:
+        metrics = endpoint = None
+        if args.metrics_port is not None:  # the workers write, this process serves the sum
+            metrics = WorkersMetrics()
+            held.callback(metrics.close)
+            env[MULTIPROC_ENV] = metrics.path
+            endpoint = serve_metrics(args.host, args.metrics_port, metrics.registry)
+            held.callback(endpoint.close)
 
-    def ready() -> None:
-        workers = f"({args.workers} workers)"
-        announce_ports(args.host, ports.grpc.port, ports.http.port if ports.http else None, workers)
+        def ready() -> None:
+            announce_ports(
+                args.host, ports.grpc.port, ports.http.port if ports.http else None,
+                f"({args.workers} workers)", metrics_port=endpoint.port if endpoint else None,
+            )  # fmt: skip
 
-    clean = await supervise(command, env, args.workers, stop, ready)
+        exited = metrics.worker_exited if metrics else None
+        clean = await supervise(command, env, args.workers, stop, ready, on_exit=exited)
     return 0 if clean else EXIT_STARTUP_FAILED
 
 
@@ -170,9 +192,15 @@ class Ports:
     http: PortReservation | None
 
 
-def announce_ports(host: str, port: int, http_port: int | None, suffix: str = "") -> None:
-    """The ports served, HTTP first: "serving gRPC on" comes last, once all are ready."""
+def announce_ports(
+    host: str, port: int, http_port: int | None, suffix: str = "", *,
+    metrics_port: int | None = None,
+) -> None:  # fmt: skip
+    """The ports served, metrics and HTTP first: "serving gRPC on" comes last, once all are
+    ready."""
     tail = f" {suffix}" if suffix else ""
+    if metrics_port is not None:
+        announce(f"serving metrics on {host}:{metrics_port} (Prometheus, /metrics){tail}")
     if http_port is not None:
         announce(f"serving HTTP on {host}:{http_port} (Connect, gRPC-Web){tail}")
     announce(f"serving gRPC on {host}:{port}{tail}")
@@ -192,21 +220,26 @@ EXIT_USAGE = 2  # as argparse exits on a bad command line
 EXIT_UNEXPECTED = 1  # as Python exits on an uncaught exception
 
 
-def run(args: argparse.Namespace) -> int:
+def _usage_problem(args: argparse.Namespace) -> str | None:
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         # Half a TLS configuration must not quietly serve in the clear.
-        print(
-            "studio serve: --tls-cert and --tls-key go together, and --tls-client-ca needs them",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        return "--tls-cert and --tls-key go together, and --tls-client-ca needs them"
     if not args.no_http and args.http_port and args.http_port == args.port:
-        print("studio serve: --http-port must differ from --port", file=sys.stderr)
+        return "--http-port must differ from --port"
+    if args.metrics_port and args.metrics_port in {args.port, not args.no_http and args.http_port}:
+        return "--metrics-port must differ from --port and --http-port"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    if problem := _usage_problem(args):
+        print(f"studio serve: {problem}", file=sys.stderr)
         return EXIT_USAGE
     data_dir: Path = args.data_dir.resolve() if args.data_dir else default_data_dir()
     with contextlib.ExitStack() as held:
         reservation = None
         wanted = [args.port, *([] if args.no_http else [args.http_port])]
+        metrics_port = [] if args.metrics_port is None else [args.metrics_port]
         if not args.as_worker:  # the supervisor holds the data directory and the ports
             # Refused before anything starts, in one plain line (nothing is logged yet): a
             # second server on this data directory or port.
@@ -221,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     for wanted_port in wanted:
                         check_port_free(args.host, wanted_port)
+                for wanted_port in metrics_port:  # bound by this process (never shared)
+                    check_port_free(args.host, wanted_port)
             except (DataDirInUse, PortInUse) as exc:
                 return refuse(exc)
         # JSON lines on stderr, written in batches by a thread: a write that blocks (a slow
@@ -274,6 +309,7 @@ async def _serve_one(
     workers_ports: Ports | None = None,
 ) -> int:
     databases = await open_databases(configured_database_url(), data_dir)
+    endpoint: MetricsEndpoint | None = None
     try:
         if not args.skip_migrations and not await migrate_all(databases.master_url):
             log.error("the master database could not be migrated; not serving")
@@ -288,6 +324,9 @@ async def _serve_one(
             return 0
         if workers_ports is not None:
             return await _run_workers(args, databases.master_url, workers_ports, stop)
+        metrics = Metrics() if args.metrics_port is not None else None
+        if metrics is not None and not args.as_worker:  # a worker's supervisor serves its own
+            endpoint = serve_metrics(args.host, args.metrics_port, metrics.registry)
         app = await start_app(
             databases.master_url,
             host=args.host,
@@ -302,14 +341,19 @@ async def _serve_one(
             share_port=args.as_worker,
             http_port=None if args.no_http else args.http_port,
             cors_origins=tuple(args.cors_origin or ()),
+            metrics=metrics,
         )
         # What start-up allocated lives as long as the process: keep the collector off it, so
         # that full collections stay short instead of pausing calls for 100+ ms.
         gc.freeze()
-        announce_ports(args.host, app.port, app.http_port)
+        announce_ports(
+            args.host, app.port, app.http_port, metrics_port=endpoint.port if endpoint else None
+        )
         await stop.wait()
         log.info("shutting down: finishing in-flight calls (grace %.0fs)", args.grace)
         await app.stop(args.grace, args.drain_seconds)
         return 0
     finally:
+        if endpoint is not None:
+            endpoint.close()
         databases.close()
