@@ -1,20 +1,22 @@
 """Copy one database into an empty one on another server, with pg_dump and pg_restore.
 
-In two parts, both read while the source takes no writes (so the two snapshots agree):
+In two parts:
 
-1. the schema before the data (tables, types, functions: `--section=pre-data`) as SQL, run by
-   psql in one transaction. As text so that what the target cannot take is left out: column
-   options a stock PostgreSQL does not know (this machine's PostgreSQL 15 writes a
-   `pg_attver` option on every column, and PostgreSQL 18 refuses it);
-2. the data, then indexes and constraints (`--section=data --section=post-data`),
-   `pg_dump -Fc | pg_restore`, streamed through a pipe (no dump file on disk).
+1. `copy_schema`: the schema before the data (tables, types, functions: `--section=pre-data`)
+   as SQL, run by psql in one transaction. As text so that what the target cannot take is
+   left out: column options a stock PostgreSQL does not know (this machine's PostgreSQL 15
+   writes a `pg_attver` option on every column, and PostgreSQL 18 refuses it);
+2. `copy_data`: the data, then indexes and constraints (`--section=data
+   --section=post-data`), `pg_dump -Fc | pg_restore`, streamed through a pipe (no dump file
+   on disk), in one transaction: whole or reported failed.
 
-Everything within one time limit: a copy that would hold a studio's writes for longer is
-stopped, its tools killed, so the caller can give the studio its writes back at once. Owners
-are left out (the target has its own roles; db/tenant_roles.py hands the objects to the
-studio's role after), errors stop the copy, and the restore is one transaction: a copy is
-whole or reported failed. Passwords travel in the tools' environment, never on their command
-line (`ps` shows that).
+A move copies the schema before it holds the studio's writes and the data while it holds
+them (db/tenant_move.py: the migration history, compared after, proves the schema did not
+change in between). Each part has a time limit: a copy that would hold a studio's writes for
+longer is stopped, its tools killed, so the caller can give the studio its writes back at
+once. Owners are left out (the target has its own roles; db/tenant_roles.py hands the objects
+to the studio's role), errors stop the copy. Passwords travel in the tools' environment,
+never on their command line (`ps` shows that).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from db.pg_client_tools import PgTools
 
-__all__ = ["CopyFailed", "CopyTimedOut", "copy_database", "portable_schema"]
+__all__ = ["CopyFailed", "CopyTimedOut", "copy_data", "copy_schema", "portable_schema"]
 
 # The column options PostgreSQL itself knows (ALTER TABLE ... ALTER COLUMN ... SET (...)).
 KNOWN_COLUMN_OPTIONS = frozenset({"n_distinct", "n_distinct_inherited"})
@@ -133,9 +135,9 @@ async def _stream(tools: PgTools, source: str, source_env: dict[str, str],
         raise CopyFailed(f"pg_dump failed (exit {dump_rc}): {_one_line(dump_said)}")
 
 
-async def copy_database(tools: PgTools, source: str, target: str, *, limit: float) -> None:
-    """Copy the database of conninfo `source` into the (empty) one of conninfo `target`;
-    CopyTimedOut after `limit` seconds."""
+async def copy_schema(tools: PgTools, source: str, target: str, *, limit: float) -> None:
+    """The schema of the database `source` before its data (pre-data) into the empty
+    database `target`; CopyTimedOut after `limit` seconds."""
     source_info, source_env = _without_password(source)
     target_info, target_env = _without_password(target)
     try:
@@ -149,6 +151,17 @@ async def copy_database(tools: PgTools, source: str, target: str, *, limit: floa
                  "--single-transaction", f"--dbname={target_info}"],
                 target_env, portable_schema(schema.decode()).encode(),
             )  # fmt: skip
+    except TimeoutError:
+        raise CopyTimedOut(f"the schema copy did not finish within {limit:.3g} s") from None
+
+
+async def copy_data(tools: PgTools, source: str, target: str, *, limit: float) -> None:
+    """The data of `source`, then its indexes and constraints, into `target` (which has its
+    schema); CopyTimedOut after `limit` seconds."""
+    source_info, source_env = _without_password(source)
+    target_info, target_env = _without_password(target)
+    try:
+        async with asyncio.timeout(limit):
             await _stream(tools, source_info, source_env, target_info, target_env)
     except TimeoutError:
         raise CopyTimedOut(f"the copy did not finish within {limit:.3g} s; stopped") from None

@@ -2,13 +2,14 @@
 
 The steps, each recorded in the master (db/tenant_move_state.py) once done:
 
-    check   the target answers, the name is free there, tools fit both servers' versions
+    check   the target answers, the name is free there, tools fit both servers' versions;
+            then (before the hold, so it adds nothing to the pause) an empty database there,
+            owned by the studio's role, made with the password the catalogue holds
     hold    the source database turns read-only (ALTER DATABASE ... SET
             default_transaction_read_only) and its sessions are ended, so every session
             from now on refuses writes: callers get UNAVAILABLE TENANT_MOVING with a retry
             hint, and retry (with their request ids) until the copy serves them
-    copy    a new database on the target, the studio's role made there with the password
-            the catalogue holds, pg_dump | pg_restore, the restored objects handed to the role
+    copy    pg_dump | pg_restore (db/database_copy.py), the restored objects handed to the role
     verify  row counts of every table and the migration history's checksum, both sides;
             the role logs in to the copy
     switch  the catalogue names the target (one master transaction): the pause ends here
@@ -34,7 +35,7 @@ import psycopg
 from psycopg import sql
 
 from db.copy_verification import differences, fingerprint
-from db.database_copy import copy_database
+from db.database_copy import copy_data, copy_schema
 from db.pg_client_tools import PgTools, tools_for
 from db.tenant_catalog import (
     TenantLocation,
@@ -68,6 +69,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PAUSE = 30.0  # seconds a studio's writes may be held
+SCHEMA_LIMIT = 300.0  # seconds for the schema copy (no writes are held then)
 CONNECT_TIMEOUT = 10
 
 Master = psycopg.AsyncConnection[tuple[object, ...]]
@@ -86,6 +88,7 @@ class MoveReport:
     resumed_from: str | None  # the step a re-run continued after; None: a new move
     steps: list[str] = field(default_factory=list)  # the steps this run completed
     pause_seconds: float | None = None  # writes held, hold to switch (this run's)
+    seconds: dict[str, float] = field(default_factory=dict)  # each step this run completed
     tools: str = ""  # the pg_dump used
 
     def as_dict(self) -> dict[str, object]:
@@ -97,6 +100,7 @@ class MoveReport:
             "resumed_from": self.resumed_from,
             "steps": self.steps,
             "pause_seconds": self.pause_seconds,
+            "step_seconds": self.seconds,
             "pg_dump": self.tools,
         }
 
@@ -135,6 +139,7 @@ class _Move:
     on_step: Callable[[str], None]
     tools: PgTools | None = None
     held_at: float | None = None  # time.monotonic() of the hold
+    mark: float = field(default_factory=time.monotonic)  # when the last step ended
     switching: bool = False  # the catalogue's transaction was sent: it may have committed
 
     @property
@@ -162,11 +167,23 @@ class _Move:
         assert self.held_at is not None
         return self.held_at + self.max_pause - time.monotonic()
 
+    def _completed(self, step: str) -> None:
+        now = time.monotonic()
+        self.report.seconds[step] = round(now - self.mark, 3)
+        self.mark = now
+        self.report.steps.append(step)
+        self.on_step(step)
+
+    def _add_time(self, step: str) -> None:
+        """Count the time since the last mark as `step`'s (work after its record)."""
+        now = time.monotonic()
+        self.report.seconds[step] = round(self.report.seconds.get(step, 0) + now - self.mark, 3)
+        self.mark = now
+
     async def done(self, step: str) -> None:
         await record_step(self.master, self.record.organization_id, step)
         self.record = replace(self.record, step=step, last_error=None)
-        self.report.steps.append(step)
-        self.on_step(step)
+        self._completed(step)
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -189,7 +206,28 @@ class _Move:
         self.tools = tools_for(source_major, target_major)
         self.report.tools = f"{self.tools.major} ({self.tools.bin_dir})"
         if self.record.step == "planned":
-            await self.done("checked")
+            await self.done("checked")  # from here on, the target's database is ours
+        await self.prepare_target()
+
+    async def prepare_target(self) -> None:
+        """A database on the target with the source's schema and no data, owned by the
+        studio's role (made there with the catalogue's password): done before the hold, so
+        that it adds nothing to the pause. A copy left by an earlier run (it failed, or was
+        stopped) is dropped."""
+        name = sql.Identifier(self.tenant.database_name)
+        async with await connect_admin(self.record.target_server_url) as target:
+            await target.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+            await target.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
+        role = self.role
+        if role is not None:
+            async with await connect_admin(self.target_admin) as copy:
+                await isolate_database(copy, self.tenant.database_name, role, set_password=True)
+        assert self.tools is not None
+        await copy_schema(self.tools, self.source_admin, self.target_admin, limit=SCHEMA_LIMIT)
+        if role is not None:  # the tables are the role's before the data goes in
+            async with await connect_admin(self.target_admin) as copy:
+                await isolate_database(copy, self.tenant.database_name, role, set_password=False)
+        self._add_time("checked")
 
     async def hold(self) -> None:
         async with await connect_source(self.source_admin) as source:
@@ -206,19 +244,8 @@ class _Move:
     async def copy(self) -> None:
         assert self.tools is not None
         name = self.tenant.database_name
-        async with await connect_admin(self.record.target_server_url) as target:
-            # A copy left by an earlier run (it failed, or was stopped) is ours: made anew.
-            await target.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-            await target.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
-            )
         role = self.role
-        if role is not None:
-            async with await connect_admin(self.target_admin) as copy:
-                await isolate_database(copy, name, role, set_password=True)
-        await copy_database(self.tools, self.source_admin, self.target_admin,
+        await copy_data(self.tools, self.source_admin, self.target_admin,
                             limit=max(0.0, self.remaining()))  # fmt: skip
         if role is not None:
             async with await connect_admin(self.target_admin) as copy:
@@ -247,8 +274,7 @@ class _Move:
         await switch_catalogue(self.master, self.record, round(pause * 1000))
         self.report.pause_seconds = round(pause, 3)
         self.record = replace(self.record, step="switched")
-        self.report.steps.append("switched")
-        self.on_step("switched")
+        self._completed("switched")
 
     async def close_source(self) -> None:
         # (from another database: PostgreSQL will not close the one a session is in)

@@ -76,9 +76,10 @@ class Rule:
     retry_delay: float | None = None  # seconds: google.rpc.RetryInfo
 
 
-# A studio's database that went away (restarted, or its connections were ended by a move,
-# `studio tenants move`) is usually back within a second or two.
-RETRY_DELAY = 1.0
+# A studio's database that went away (restarted, or its sessions ended by a move) is back
+# soon, and a move holds writes for about a second (`studio tenants move`, docs/scaling.md):
+# a caller waiting this long finds the copy within half a second of the switch.
+RETRY_DELAY = 0.5
 UNAVAILABLE = Rule(
     Unavailable, "DATABASE_UNAVAILABLE", "the studio's database is unavailable", RETRY_DELAY
 )
