@@ -10,6 +10,7 @@
     python3 dev.py bench api                      the API benchmark against pgbench (bench/)
     python3 dev.py bench connect                  Connect and gRPC-Web beside gRPC (bench/)
     python3 dev.py bench summary                  a project summary on the big studio (bench/)
+    python3 dev.py bench move                     the write pause of `studio tenants move` (bench/)
 
 It is the "Makefile" of the project, written in Python so that a fresh machine with only
 Python needs nothing else. It uses the standard library alone: it runs before the venv exists.
@@ -281,6 +282,7 @@ BENCHES = {
     "api": "bench.api_bench",
     "connect": "bench.connect_bench",
     "summary": "bench.summary_bench",
+    "move": "bench.move_bench",
 }
 
 

@@ -47,7 +47,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "move",
         help="move a studio's database to another PostgreSQL server (resumable)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     move.add_argument("slug", metavar="SLUG", help="the studio")
     what = move.add_mutually_exclusive_group(required=True)
@@ -66,7 +65,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     move.add_argument(
         "--max-pause", type=float, default=DEFAULT_MAX_PAUSE, metavar="SECONDS",
         help="hold the studio's writes at most this long; a longer copy is stopped and the"
-        f" studio keeps its writes where it was (default {DEFAULT_MAX_PAUSE:g})",
+        " studio keeps its writes where it was",
     )  # fmt: skip
     move.add_argument("--json", action="store_true", help="print one JSON object")
     add_data_dir_option(move)
