@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -275,6 +276,68 @@ def test_a_failed_move_leaves_the_studio_where_it_was_and_a_rerun_finishes_it(
         # The service finds the studio on its new server.
         _retrying(lambda: api.session(client.id, room.id, start=START + 28800, request_id=third))
         assert third in _sessions_in(with_database(second_server, studio.database))
+    finally:
+        api.close()
+
+
+def _step(master_url: str, slug: str) -> str | None:
+    """The last step of the studio's move, as the master records it."""
+    with psycopg.connect(master_url) as conn:
+        row = conn.execute(
+            "SELECT m.step FROM tenant_moves m JOIN organizations o ON o.id = m.organization_id"
+            " WHERE o.slug = %s",
+            (slug,),
+        ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _fill(url: str, sessions: int) -> None:
+    """Enough sessions that copying them takes a while (seconds, not milliseconds)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO clients (name) VALUES ('Bulk')")
+        conn.execute("INSERT INTO rooms (name) VALUES ('Bulk')")
+        conn.execute(
+            "INSERT INTO sessions (client_id, room_id, title, start_time, end_time)"
+            " SELECT 1, 1, 'Take ' || n, timestamptz '2030-01-01' + n * interval '2 hours',"
+            " timestamptz '2030-01-01' + n * interval '2 hours' + interval '1 hour'"
+            " FROM generate_series(1, %s) n",
+            (sessions,),
+        )
+
+
+def test_a_move_killed_while_holding_keeps_writes_held_until_it_is_run_again(
+    setup: MoveSetup, pg_url: str, second_server: str
+) -> None:
+    studio = setup.studio("Interrupted Studio")
+    _fill(with_database(pg_url, studio.database), 100_000)
+    env = {**os.environ, "STUDIO_DATABASE_URL": setup.master_url}
+    # Its own process group: killed with its pg_dump and pg_restore, as a lost machine is.
+    mover = subprocess.Popen(
+        [STUDIO, "tenants", "move", studio.slug, "--to", second_server],
+        env=env, start_new_session=True, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _step(setup.master_url, studio.slug) in {"held", "copied"},
+                   timeout=120, what="the move holding writes")  # fmt: skip
+    finally:
+        os.killpg(mover.pid, signal.SIGKILL)
+        mover.wait(30)
+    killed_at = _step(setup.master_url, studio.slug)
+    assert setup.listed(studio.slug)["server"] == server_of(pg_url)
+    api = Api(setup.server.address, studio.key)
+    try:
+        with pytest.raises(grpc.RpcError) as refused:  # its first call: a read-only session
+            api.client("While held")
+        held = failure(refused.value)
+        assert (held.code, held.reason) == (grpc.StatusCode.UNAVAILABLE, "TENANT_MOVING")
+        assert _retry_delay(refused.value)
+        resumed = setup.run("tenants", "move", studio.slug, "--to", second_server, "--json")
+        assert resumed.returncode == 0, resumed.stderr
+        assert json.loads(resumed.stdout)["resumed_from"] == killed_at
+        assert _retrying(lambda: api.client("After the move")).id > 0
+        with psycopg.connect(with_database(second_server, studio.database)) as conn:
+            counted = conn.execute("SELECT count(*) FROM sessions").fetchone()
+        assert counted == (100_000,)
     finally:
         api.close()
 
