@@ -69,6 +69,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PAUSE = 30.0  # seconds a studio's writes may be held
+HELD_STEPS = ("held", "copied", "verified")  # the source refuses writes after these
 SCHEMA_LIMIT = 300.0  # seconds for the schema copy (no writes are held then)
 CONNECT_TIMEOUT = 10
 
@@ -396,7 +397,6 @@ async def move_tenant(
         )
         move = _Move(master, master_url, tenant, record, max_pause, report, on_step)
         if not after(record.step, "verified"):
-            await move.check()
             await _held_copy(move)
         if record.step != "done" and move.record.step != "done":
             await move.close_source()
@@ -404,15 +404,18 @@ async def move_tenant(
 
 
 async def _held_copy(move: _Move) -> None:
-    """hold, copy, verify, switch; on any failure before the switch, release the hold."""
+    """check, hold, copy, verify, switch; on any failure before the switch, release the hold
+    (one an earlier run left too: a move killed while holding, then failing to go on)."""
+    held_before = move.record.step in HELD_STEPS
     try:
+        await move.check()
         await move.hold()
         await move.copy()
         await move.verify()
         await move.switch()
     except BaseException as exc:
-        if move.record.step == "switched":
-            raise
+        if move.record.step == "switched" or (move.held_at is None and not held_before):
+            raise  # the copy serves the studio now; or nothing was held
         switched = await move.switched_anyway() if move.switching else False
         if switched is None:
             raise MoveError(

@@ -74,11 +74,13 @@ class MoveSetup:
 
 @pytest.fixture
 def setup(databases: Databases, tmp_path: Path) -> Iterator[MoveSetup]:
-    """A master of its own and a `studio serve` with the default key cache (5 s): the
-    service must find a moved studio by itself, not by the cache running out."""
+    """A master of its own and a `studio serve` that caches keys (and so where each studio
+    lives) for an hour: the service must find a moved studio by itself, on the studio's next
+    call, not when the cache runs out."""
     master_url = databases.create("move_master")
     asyncio.run(run_one(master_url, "master", mode="up"))
-    server = start_serve(tmp_path / "serve", "--no-demo", "--no-http", master_url=master_url)
+    server = start_serve(tmp_path / "serve", "--no-demo", "--no-http",
+                         "--key-cache-seconds", "3600", master_url=master_url)  # fmt: skip
     try:
         yield MoveSetup(master_url, server)
     finally:
