@@ -32,7 +32,7 @@ from server.cli._common import (
     master_database_url,
 )
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "tenant_actions"]
 
 EXIT_FAILED = 3
 UNDEFINED_TABLE = "42P01"
@@ -125,6 +125,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the key as `keys list` shows it (sk_<prefix>_…, or the prefix of --json), "
         "or the whole key",
     )
+
+
+def tenant_actions(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """The actions of `studio tenants`, for the modules that add their own (isolate, move)."""
+    tenants = commands.choices["tenants"]
+    return next(a for a in tenants._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def _action(

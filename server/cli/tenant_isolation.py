@@ -19,7 +19,7 @@ import psycopg
 from db.tenant_catalog import list_tenants
 from db.tenant_isolation import IsolationReport, IsolationStatus, isolate_tenant
 from server.cli._common import EXIT_CONFIG, add_data_dir_option
-from server.cli.admin import _runner  # runs an action against the master, embedded or not
+from server.cli.admin import _runner, tenant_actions  # _runner: against the master
 
 __all__ = ["add_parser"]
 
@@ -28,9 +28,7 @@ EXIT_FAILED = 3
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `isolate` to the actions of `studio tenants` (made by server/cli/admin.py)."""
-    tenants = commands.choices["tenants"]
-    actions = next(a for a in tenants._actions if isinstance(a, argparse._SubParsersAction))
-    isolate = actions.add_parser(
+    isolate = tenant_actions(commands).add_parser(
         "isolate",
         help="give studios made before tenant roles a database role of their own",
         description=__doc__,

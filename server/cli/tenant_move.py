@@ -32,7 +32,7 @@ from db.tenant_move import DEFAULT_MAX_PAUSE, MoveError, MoveReport, move_tenant
 from db.tenant_move_end import abort_move, drop_source
 from db.tenant_roles import IsolationError
 from server.cli._common import EXIT_CONFIG, add_data_dir_option
-from server.cli.admin import _runner  # runs an action against the master, embedded or not
+from server.cli.admin import _runner, tenant_actions  # _runner: against the master
 
 __all__ = ["add_parser"]
 
@@ -41,9 +41,7 @@ EXIT_FAILED = 3
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `move` to the actions of `studio tenants` (made by server/cli/admin.py)."""
-    tenants = commands.choices["tenants"]
-    actions = next(a for a in tenants._actions if isinstance(a, argparse._SubParsersAction))
-    move = actions.add_parser(
+    move = tenant_actions(commands).add_parser(
         "move",
         help="move a studio's database to another PostgreSQL server (resumable)",
         description=__doc__,
