@@ -18,7 +18,7 @@ from db.migrations.history import SCHEMA
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
-__all__ = ["Fingerprint", "differences", "fingerprint"]
+__all__ = ["Fingerprint", "differences", "fingerprint", "history_checksum"]
 
 _TABLES = """
 SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -50,13 +50,26 @@ async def fingerprint(conn: AsyncConnection[tuple[object, ...]]) -> Fingerprint:
             counted = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name))
             row = await counted.fetchone()
             counts[f"{schema}.{table}"] = int(str(row[0])) if row else 0
-        history = await conn.execute(
-            sql.SQL(
-                "SELECT md5(coalesce(string_agg(h::text, E'\\n' ORDER BY h.version), '')) FROM {} h"
-            ).format(sql.Identifier(SCHEMA, "history"))
-        )
-        row = await history.fetchone()
-    return Fingerprint(counts, str(row[0]) if row else "")
+        checksum = await _history_checksum(conn)
+    return Fingerprint(counts, checksum)
+
+
+async def history_checksum(conn: AsyncConnection[tuple[object, ...]]) -> str:
+    """The migration history's checksum alone: read before the schema is copied, it tells
+    whether a migration ran between that copy and the hold."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL TimeZone = 'UTC'")
+        return await _history_checksum(conn)
+
+
+async def _history_checksum(conn: AsyncConnection[tuple[object, ...]]) -> str:
+    history = await conn.execute(
+        sql.SQL(
+            "SELECT md5(coalesce(string_agg(h::text, E'\\n' ORDER BY h.version), '')) FROM {} h"
+        ).format(sql.Identifier(SCHEMA, "history"))
+    )
+    row = await history.fetchone()
+    return str(row[0]) if row else ""
 
 
 def differences(source: Fingerprint, copy: Fingerprint) -> list[str]:

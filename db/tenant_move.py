@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import psycopg
 from psycopg import sql
 
-from db.copy_verification import differences, fingerprint
+from db.copy_verification import differences, fingerprint, history_checksum
 from db.database_copy import copy_data, copy_schema
 from db.pg_client_tools import PgTools, tools_for
 from db.tenant_catalog import (
@@ -142,6 +142,7 @@ class _Move:
     held_at: float | None = None  # time.monotonic() of the hold
     mark: float = field(default_factory=time.monotonic)  # when the last step ended
     switching: bool = False  # the catalogue's transaction was sent: it may have committed
+    schema_history: str = ""  # the history's checksum when the schema was copied
 
     @property
     def source_admin(self) -> str:
@@ -224,6 +225,8 @@ class _Move:
             async with await connect_admin(self.target_admin) as copy:
                 await isolate_database(copy, self.tenant.database_name, role, set_password=True)
         assert self.tools is not None
+        async with await connect_admin(self.source_admin) as source:
+            self.schema_history = await history_checksum(source)  # before the schema's dump
         await copy_schema(self.tools, self.source_admin, self.target_admin, limit=SCHEMA_LIMIT)
         if role is not None:  # the tables are the role's before the data goes in
             async with await connect_admin(self.target_admin) as copy:
@@ -259,6 +262,9 @@ class _Move:
         async with await connect_admin(self.target_admin) as target:
             has = await fingerprint(target)
         found = differences(had, has)
+        if had.history_checksum != self.schema_history:
+            # The schema was copied before the hold: a migration since makes it stale.
+            found.append("a migration ran after the schema was copied; run the move again")
         if found:
             raise MoveError("the copy differs from the source: " + "; ".join(found))
         # As the service will: the studio's role, with the catalogue's password.

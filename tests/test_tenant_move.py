@@ -344,6 +344,49 @@ def test_a_move_killed_while_holding_keeps_writes_held_until_it_is_run_again(
         api.close()
 
 
+def _write_past_the_hold(url: str, stop: threading.Event) -> None:
+    """A superuser's script that ignores the hold (it turns its sessions writable again):
+    rows keep arriving in the source while the move copies it."""
+    while not stop.is_set():
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("SET default_transaction_read_only = off")
+                while not stop.is_set():
+                    conn.execute("INSERT INTO clients (name) VALUES ('Behind its back')")
+                    time.sleep(0.005)
+        except psycopg.OperationalError:  # ended by the hold: back at once
+            continue
+
+
+def test_a_copy_that_differs_from_its_source_is_never_switched_to(
+    setup: MoveSetup, pg_url: str, second_server: str
+) -> None:
+    studio = setup.studio("Busy Studio")
+    source = with_database(pg_url, studio.database)
+    stop = threading.Event()
+    writer = threading.Thread(target=_write_past_the_hold, args=(source, stop))
+    writer.start()
+    try:
+        differs = setup.run("tenants", "move", studio.slug, "--to", second_server)
+    finally:
+        stop.set()
+        writer.join(30)
+    assert differs.returncode == 3
+    assert "the copy differs from the source: public.clients:" in differs.stderr
+    assert setup.listed(studio.slug)["server"] == server_of(pg_url)
+    api = Api(setup.server.address, studio.key)
+    try:  # served where it was, writes included
+        assert _retrying(lambda: api.client("After the mismatch")).id > 0
+    finally:
+        api.close()
+    moved = setup.run("tenants", "move", studio.slug, "--to", second_server)
+    assert moved.returncode == 0, moved.stderr
+    with psycopg.connect(with_database(second_server, studio.database)) as conn:
+        copied = conn.execute("SELECT count(*) FROM clients").fetchone()
+    assert copied is not None
+    assert copied[0] > 1
+
+
 def test_an_aborted_move_gives_the_source_back_and_drops_the_copy(
     setup: MoveSetup, pg_url: str, second_server: str
 ) -> None:
