@@ -12,6 +12,7 @@
     python3 dev.py bench summary                  a project summary on the big studio (bench/)
     python3 dev.py bench pgbouncer                calls/s and PostgreSQL connections with and
                                                   without PgBouncer, 1,000 studios (bench/)
+    python3 dev.py bench move                     the write pause of `studio tenants move` (bench/)
 
 It is the "Makefile" of the project, written in Python so that a fresh machine with only
 Python needs nothing else. It uses the standard library alone: it runs before the venv exists.
@@ -300,6 +301,7 @@ BENCHES = {
     "connect": "bench.connect_bench",
     "summary": "bench.summary_bench",
     "pgbouncer": "bench.pgbouncer_bench",
+    "move": "bench.move_bench",
 }
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    Integer,
     LargeBinary,
     String,
     Table,
@@ -21,11 +22,21 @@ from sqlalchemy import (
 
 from db._naming import new_metadata
 
-__all__ = ["API_KEY_ROLES", "api_keys", "master_metadata", "organizations", "tenant_databases"]
+__all__ = [
+    "API_KEY_ROLES",
+    "MOVE_STEPS",
+    "api_keys",
+    "master_metadata",
+    "organizations",
+    "tenant_databases",
+    "tenant_moves",
+]
 
 master_metadata = new_metadata()
 NOW = text("now()")
 API_KEY_ROLES = ("admin", "member", "read_only")
+# The steps of `studio tenants move`, in order (db/tenant_move.py).
+MOVE_STEPS = ("planned", "checked", "held", "copied", "verified", "switched", "done")
 
 organizations = Table(
     "organizations",
@@ -90,4 +101,25 @@ tenant_databases = Table(
     CheckConstraint("database_name ~ '^[a-z_][a-z0-9_]*$'", name="database_name"),
     CheckConstraint("role_name ~ '^[a-z_][a-z0-9_]*$'", name="role_name"),
     CheckConstraint("(role_name IS NULL) = (role_password IS NULL)", name="role"),
+)
+
+# A studio being moved to another server, until its source is dropped (db/tenant_move.py).
+tenant_moves = Table(
+    "tenant_moves",
+    master_metadata,
+    Column(
+        "organization_id",
+        BigInteger,
+        ForeignKey("organizations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("source_server_url", Text),  # NULL: the master's own server
+    Column("source_database", String(63), nullable=False),
+    Column("target_server_url", Text, nullable=False),
+    Column("step", Text, nullable=False),  # the last step completed
+    Column("last_error", Text),
+    Column("pause_ms", Integer),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    CheckConstraint(f"step IN {MOVE_STEPS!r}", name="step"),
 )

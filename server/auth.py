@@ -131,6 +131,10 @@ class Authenticator:
         # Lookups answered from the caches, and those that went to the master (the metrics).
         self.cache_hits = 0
         self.cache_misses = 0
+        # organization id -> when its database last failed: keys of that studio cached
+        # before then are looked up again, so a studio that moved is found at its new
+        # place by the next call, not after the cache time (studio tenants move).
+        self._location_failed: dict[int, float] = {}
 
     async def _find_keys(self, prefixes: list[str]) -> dict[str, KeyRecord]:
         async with self.master.connect() as conn:
@@ -139,7 +143,7 @@ class Authenticator:
     async def _record(self, prefix: str, *, throttled: bool) -> KeyRecord | None:
         now = time.monotonic()
         known = self._keys.get(prefix)
-        if known is not None and known[0] > now:
+        if known is not None and known[0] > now and not self._location_stale(*known):
             self.cache_hits += 1
             return known[1]
         if known is None and self._unknown.get(prefix, 0.0) > now:
@@ -154,6 +158,17 @@ class Authenticator:
             record = await find_key(conn, prefix)
         self._remember(prefix, record, now)
         return record
+
+    def _location_stale(self, until: float, record: KeyRecord) -> bool:
+        failed = self._location_failed.get(record.tenant.organization_id)
+        return failed is not None and until - self.cache_seconds <= failed
+
+    def location_failed(self, tenant: TenantLocation) -> None:
+        """The studio's database failed as if the studio had moved: read where it lives
+        again on its next call (one master lookup per key, however many calls failed)."""
+        if len(self._location_failed) >= MAX_CACHED_KEYS:
+            self._location_failed.clear()
+        self._location_failed[tenant.organization_id] = time.monotonic()
 
     def _remember(self, prefix: str, record: KeyRecord | None, now: float) -> None:
         until = now + self.cache_seconds

@@ -17,9 +17,10 @@ import psycopg
 import sqlalchemy.exc
 from buf.validate import validate_pb2
 from google.protobuf import any_pb2
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
-from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
+from google.rpc.error_details_pb2 import BadRequest, ErrorInfo, RetryInfo
 from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
 
@@ -57,6 +58,7 @@ __all__ = [
     "TAKEN",
     "error_from_exception",
     "is_retryable",
+    "location_may_have_changed",
     "to_rpc_status",
     "to_status",
 ]
@@ -71,9 +73,24 @@ class Rule:
     error: type[ApiError]
     reason: str
     message: str
+    retry_delay: float | None = None  # seconds: google.rpc.RetryInfo
 
 
-UNAVAILABLE = Rule(Unavailable, "DATABASE_UNAVAILABLE", "the studio's database is unavailable")
+# A studio's database that went away (restarted, or its sessions ended by a move) is back
+# soon, and a move holds writes for about a second (`studio tenants move`, docs/scaling.md):
+# a caller waiting this long finds the copy within half a second of the switch.
+RETRY_DELAY = 0.5
+UNAVAILABLE = Rule(
+    Unavailable, "DATABASE_UNAVAILABLE", "the studio's database is unavailable", RETRY_DELAY
+)
+# A move holds the studio's writes (its source database is read-only) until the catalogue
+# names the copy: a bounded window (`studio tenants move --max-pause`).
+TENANT_MOVING = Rule(
+    Unavailable,
+    "TENANT_MOVING",
+    "the studio is moving to another database server; retry shortly",
+    RETRY_DELAY,
+)
 CONCURRENT = Rule(Aborted, "CONCURRENT_MODIFICATION", "a concurrent change got in the way; retry")
 TIMED_OUT = Rule(DeadlineExceeded, "DEADLINE_EXCEEDED", "the call ran out of time")
 INTERNAL = Rule(Internal, "INTERNAL", "internal error")
@@ -85,7 +102,8 @@ SQLSTATES: dict[str, Rule] = {
     "40P01": CONCURRENT,  # deadlock_detected (retried first)
     "55P03": CONCURRENT,  # lock_not_available
     "57014": TIMED_OUT,  # query_canceled: statement_timeout, the call's deadline
-    "57P01": UNAVAILABLE,  # admin_shutdown
+    "25006": TENANT_MOVING,  # read_only_sql_transaction: the source database of a move
+    "57P01": UNAVAILABLE,  # admin_shutdown (also pg_terminate_backend, as a move ends sessions)
     "57P02": UNAVAILABLE,  # crash_shutdown
     "57P03": UNAVAILABLE,  # cannot_connect_now (starting up, recovering)
     "53300": UNAVAILABLE,  # too_many_connections: the server refuses new connections
@@ -314,7 +332,7 @@ def _reference_error(orig: psycopg.Error, *, deleting: bool) -> ApiError:
 def _rule_error(rule: Rule, orig: psycopg.Error | None = None) -> ApiError:
     constraint = orig.diag.constraint_name if orig is not None else None
     metadata = {"constraint": constraint} if constraint else None
-    return rule.error(rule.reason, rule.message, metadata=metadata)
+    return rule.error(rule.reason, rule.message, metadata=metadata, retry_delay=rule.retry_delay)
 
 
 def error_from_exception(exc: BaseException, *, deleting: bool = False) -> ApiError:
@@ -350,7 +368,14 @@ def error_from_exception(exc: BaseException, *, deleting: bool = False) -> ApiEr
     return _rule_error(rule, orig)
 
 
-def _pack(message: ErrorInfo | BadRequest | Struct) -> any_pb2.Any:
+def location_may_have_changed(exc: BaseException) -> bool:
+    """A failure of a studio's database after which the service should read where the
+    studio lives again: it may have moved (refused writes, ended sessions, a database that
+    refuses connections or is gone)."""
+    return isinstance(error_from_exception(exc), Unavailable)
+
+
+def _pack(message: ErrorInfo | BadRequest | RetryInfo | Struct) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
@@ -378,8 +403,9 @@ def _strings(struct: Struct, **values: str) -> None:
 
 
 def to_rpc_status(error: ApiError, request_id: str) -> Status:
-    """google.rpc.Status with ErrorInfo (always), BadRequest (for field violations), and both
-    in a Struct, readable by tools without their descriptors: what every transport sends
+    """google.rpc.Status with ErrorInfo (always), BadRequest (for field violations),
+    RetryInfo (when the caller should wait before retrying), and the first two in a Struct,
+    readable by tools without their descriptors: what every transport sends
     (gRPC in grpc-status-details-bin, Connect as its JSON error's details)."""
     info = ErrorInfo(
         reason=error.reason,
@@ -400,6 +426,10 @@ def to_rpc_status(error: ApiError, request_id: str) -> Status:
                 )
             )
         )
+    if error.retry_delay is not None:
+        delay = Duration()
+        delay.FromNanoseconds(int(error.retry_delay * 1e9))
+        details.append(_pack(RetryInfo(retry_delay=delay)))
     details.append(_pack(_readable(info, error)))
     return Status(code=error.code.value[0], message=error.message, details=details)
 

@@ -69,6 +69,7 @@ class ApiError(Exception):
         *,
         metadata: dict[str, str] | None = None,
         field_violations: tuple[FieldViolation, ...] = (),
+        retry_delay: float | None = None,
     ) -> None:
         if reason not in REASONS:
             raise ValueError(f"{reason!r} is not a value of studio.v1.ErrorReason")
@@ -77,6 +78,8 @@ class ApiError(Exception):
         self.message = message
         self.metadata = metadata or {}
         self.field_violations = field_violations
+        # Seconds a caller should wait before retrying: sent as google.rpc.RetryInfo.
+        self.retry_delay = retry_delay
 
 
 class InvalidArgument(ApiError):

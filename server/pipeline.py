@@ -30,7 +30,12 @@ from google.protobuf.message import DecodeError, Message
 
 from server.auth_throttle import FailedAuthThrottle, peer_host
 from server.context import Ctx
-from server.error_mapping import error_from_exception, is_retryable, to_rpc_status
+from server.error_mapping import (
+    error_from_exception,
+    is_retryable,
+    location_may_have_changed,
+    to_rpc_status,
+)
 from server.errors import (
     ApiError,
     DeadlineExceeded,
@@ -338,6 +343,8 @@ class Pipeline:
                     return response
                 # (a failure leaves the transaction open: the pool rolls it back on return)
             except Exception as exc:
+                if location_may_have_changed(exc):  # a move, say: find the studio again
+                    self.authenticator.location_failed(call.principal.tenant)
                 if attempt == TRANSACTION_ATTEMPTS or not is_retryable(exc):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover

@@ -133,6 +133,7 @@ def test_tenants_list_shows_every_studio_with_its_database(
         "server": f"{master['host']}:{master['port']}",
         "active": True,
         "created_at": row["created_at"],
+        "move": None,  # not being moved (studio tenants move)
     }
     assert str(row["name"]).startswith("shared")
     assert datetime.fromisoformat(str(row["created_at"])).tzinfo is not None
@@ -361,13 +362,14 @@ def test_help_shows_defaults_environment_and_roles(path: tuple[str, ...]) -> Non
         assert f"(default: {default})" in text
     for word in ("STUDIO_DATABASE_URL", "STUDIO_DATA_DIR", "admin", "member", "read_only"):
         assert word in text
-    if path[-1] in {"create", "list", "revoke", "isolate", "status", "up", "baseline", "repair"}:
+    if path[-1] in {"create", "list", "revoke", "isolate", "move", "status", "up", "baseline",
+                    "repair"}:  # fmt: skip
         assert "--data-dir" in text
 
 
 def test_every_command_is_covered() -> None:
     assert {" ".join(p) for p in parsers()} >= {
         "serve", "migrate status", "migrate up", "migrate baseline", "migrate repair",
-        "tenants create", "tenants list", "tenants isolate", "keys create", "keys list",
-        "keys revoke",
+        "tenants create", "tenants list", "tenants isolate", "tenants move", "keys create",
+        "keys list", "keys revoke",
     }  # fmt: skip

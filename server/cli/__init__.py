@@ -6,21 +6,22 @@ import argparse
 import sys
 from typing import cast
 
-from server.cli import admin, migrate, serve, tenant_isolation, tenant_pooling
+from server.cli import admin, migrate, serve, tenant_isolation, tenant_move, tenant_pooling
 from server.cli.closed_pipe import ClosedPipeTolerant
 from server.cli.help import StudioParser
 
 __all__ = ["main"]
 
 # Each module adds its own sub-commands: add_parser(commands).
-# tenant_isolation and tenant_pooling add `tenants isolate` and `tenants set-pooled-url`
-# beside admin's `tenants`: they come after admin.
+# tenant_isolation, tenant_pooling and tenant_move add `tenants isolate`, `tenants
+# set-pooled-url` and `tenants move` beside admin's `tenants`: they come after admin.
 COMMANDS = [
     serve.add_parser,
     migrate.add_parser,
     admin.add_parser,
     tenant_isolation.add_parser,
     tenant_pooling.add_parser,
+    tenant_move.add_parser,
 ]
 
 

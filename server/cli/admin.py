@@ -22,6 +22,7 @@ from db.engines import create_engine_for
 from db.master_tables import API_KEY_ROLES
 from db.organizations import list_organizations, organization_id
 from db.tenant_catalog import describe_conninfo, server_of
+from db.tenant_move_state import list_moves
 from db.tenants import ProvisionedTenant, ProvisionError, TenantSpec, provision_tenants
 from server.cli._common import (
     EXIT_CONFIG,
@@ -31,7 +32,7 @@ from server.cli._common import (
     master_database_url,
 )
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "add_tenants_action"]
 
 EXIT_FAILED = 3
 UNDEFINED_TABLE = "42P01"
@@ -103,7 +104,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         tenant_actions,
         "list",
         _list_tenants,
-        "every studio: slug, name, database, server (host:port), active, created",
+        "every studio: slug, name, database, server (host:port), active, created, and a"
+        " move in progress (its last step and target)",
     )
     tenant_list.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -259,8 +261,16 @@ async def _create_tenant(args: argparse.Namespace, master_url: str) -> int:
 async def _list_tenants(args: argparse.Namespace, master_url: str) -> int:
     async with _master_transaction(master_url) as conn:
         tenants = await list_organizations(conn)
+    async with await psycopg.AsyncConnection.connect(master_url, autocommit=True) as master:
+        moves = await list_moves(master)
     for tenant in tenants:
         server = server_of(tenant.server_url or master_url)  # host:port, never a password
+        move = moves.get(tenant.slug)
+        moving: dict[str, str] | None = None if move is None else {
+            "step": move.step,
+            "from": server_of(move.source_server_url or master_url),
+            "to": server_of(move.target_server_url),
+        }  # fmt: skip
         if args.json:
             listed = {
                 "slug": tenant.slug,
@@ -269,13 +279,17 @@ async def _list_tenants(args: argparse.Namespace, master_url: str) -> int:
                 "server": server,
                 "active": tenant.is_active,
                 "created_at": tenant.created_at.isoformat(),
+                "move": moving,
             }
             print(json.dumps(listed))
         else:
             state = "active" if tenant.is_active else "inactive"
+            note = "" if moving is None else (
+                f"  [move {moving['from']} -> {moving['to']}: {moving['step']}]"
+            )  # fmt: skip
             print(
                 f"{tenant.slug:<20} {tenant.database_name:<40} {server:<22} {state:<8} "
-                f"{tenant.created_at:%Y-%m-%d %H:%M}  {tenant.name}"
+                f"{tenant.created_at:%Y-%m-%d %H:%M}  {tenant.name}{note}"
             )
     return 0
 

@@ -12,7 +12,7 @@ import psycopg
 import psycopg.errors
 import pytest
 import sqlalchemy.exc
-from google.rpc.error_details_pb2 import ErrorInfo
+from google.rpc.error_details_pb2 import ErrorInfo, RetryInfo
 from grpc_status import rpc_status
 from psycopg.pq import DiagnosticField
 
@@ -30,6 +30,8 @@ from server.error_mapping import (
     TAKEN,
     error_from_exception,
     is_retryable,
+    location_may_have_changed,
+    to_rpc_status,
     to_status,
 )
 from server.errors import REASONS, ApiError, NotFound
@@ -74,6 +76,7 @@ SQLSTATE_CASES = [
     ("40P01", Code.ABORTED, "CONCURRENT_MODIFICATION"),  # deadlock
     ("55P03", Code.ABORTED, "CONCURRENT_MODIFICATION"),  # lock not available
     ("57014", Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),  # statement_timeout
+    ("25006", Code.UNAVAILABLE, "TENANT_MOVING"),  # read-only: the source of a move
     ("57P01", Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),  # admin shutdown
     ("57P02", Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),  # crash shutdown
     ("57P03", Code.UNAVAILABLE, "DATABASE_UNAVAILABLE"),  # cannot connect now
@@ -310,6 +313,21 @@ def test_the_status_carries_error_info_with_the_request_id() -> None:
         "studio.v1",
         {"roomId": "9", "requestId": "req-1"},
     )
+
+
+def test_an_unavailable_database_carries_a_retry_hint_and_makes_the_studio_be_looked_up_again() -> (
+    None
+):
+    for sqlstate in ("25006", "57P01", "3D000"):
+        status = to_rpc_status(error_from_exception(pg_error(sqlstate)), "req-2")
+        [hint] = [d for d in status.details if d.Is(RetryInfo.DESCRIPTOR)]
+        retry = RetryInfo()
+        assert hint.Unpack(retry)
+        assert retry.retry_delay.ToTimedelta().total_seconds() > 0
+        assert location_may_have_changed(pg_error(sqlstate))
+    assert not location_may_have_changed(pg_error("23505"))
+    refused = to_rpc_status(error_from_exception(pg_error("23505")), "req-3")
+    assert not [d for d in refused.details if d.Is(RetryInfo.DESCRIPTOR)]
 
 
 BOOKED_DETAIL = (

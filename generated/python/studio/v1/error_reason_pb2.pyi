@@ -159,6 +159,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """DEADLINE_EXCEEDED: the call ran out of time."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 67
     """INTERNAL: a bug on our side; the details are in the server's log, under the request id."""
+    ERROR_REASON_TENANT_MOVING: _ErrorReason.ValueType  # 68
+    """UNAVAILABLE: the studio is moving to another database server and its writes are held
+    for a few seconds: retry after the RetryInfo delay (the same request id is safe).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed: the reason of the google.rpc.ErrorInfo (domain "studio.v1") that every
@@ -309,4 +313,8 @@ ERROR_REASON_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 66
 """DEADLINE_EXCEEDED: the call ran out of time."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 67
 """INTERNAL: a bug on our side; the details are in the server's log, under the request id."""
+ERROR_REASON_TENANT_MOVING: ErrorReason.ValueType  # 68
+"""UNAVAILABLE: the studio is moving to another database server and its writes are held
+for a few seconds: retry after the RetryInfo delay (the same request id is safe).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
