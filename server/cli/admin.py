@@ -145,12 +145,8 @@ def add_tenants_action(
     these (after add_parser): its docstring is the action's description."""
     tenants = commands.choices["tenants"]
     actions = next(a for a in tenants._actions if isinstance(a, argparse._SubParsersAction))
-    return actions.add_parser(  # type: ignore[no-any-return]
-        name,
-        help=help_text,
-        description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    # StudioParser's formatter: it keeps indented blocks and shows each option's default
+    return actions.add_parser(name, help=help_text, description=description)  # type: ignore[no-any-return]
 
 
 def _action(
