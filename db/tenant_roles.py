@@ -39,7 +39,6 @@ __all__ = [
 LOCK_TIMEOUT = "5s"
 # Written on every role we make; a role without it is not ours to take over or drop.
 ROLE_MARKER = "studio-rpc tenant role"
-TEMPLATE_OWNER = "studio_template_owner"
 TEMPLATE_MARKER = "studio-rpc owner of the objects in template databases"
 # The privilege of pg_has_role that allows SET ROLE: since PostgreSQL 16 a CREATEROLE creator
 # holds only ADMIN OPTION on the roles it makes, which no longer implies it.
@@ -191,23 +190,21 @@ async def _let_administrator_set_role(conn: AsyncConnection[tuple[object, ...]],
     return False
 
 
-async def ensure_template_owner(conn: AsyncConnection[tuple[object, ...]]) -> str:
-    """The server's role that owns the objects of its template databases (NOLOGIN): each
-    copy hands them all to its tenant role in one REASSIGN OWNED, instead of an ALTER per
-    object. Its name."""
-    state = await _role_state(conn, TEMPLATE_OWNER)
+async def ensure_template_owner(conn: AsyncConnection[tuple[object, ...]], name: str) -> None:
+    """The role `name` (NOLOGIN) that owns the objects of a master's template databases on
+    this server: each copy hands them all to its tenant role in one REASSIGN OWNED, instead
+    of an ALTER per object. One per master, made by that master's administrator: a
+    non-superuser may only use roles it made."""
+    ident = sql.Identifier(name)
+    state = await _role_state(conn, name)
     if state is None:
-        ident = sql.Identifier(TEMPLATE_OWNER)
         await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident))
         await conn.execute(
             sql.SQL("COMMENT ON ROLE {} IS {}").format(ident, sql.Literal(TEMPLATE_MARKER))
         )
     elif state[0] or state[1] != TEMPLATE_MARKER:
-        raise IsolationError(
-            f"a role {TEMPLATE_OWNER!r} exists and is not studio-rpc's; refusing to use it"
-        )
-    await _let_administrator_set_role(conn, TEMPLATE_OWNER)
-    return TEMPLATE_OWNER
+        raise IsolationError(f"a role {name!r} exists and is not studio-rpc's; refusing to use it")
+    await _let_administrator_set_role(conn, name)
 
 
 async def hand_objects(conn: AsyncConnection[tuple[object, ...]], role_name: str) -> int:

@@ -10,9 +10,9 @@ the next provisioning, under an advisory lock so that two provisioners build it 
 A template holds the files up to (not including) the first one with per-tenant placeholders:
 those, and any later, run on each new database as its role, as `studio migrate up` would.
 Templates accept no connections (ALLOW_CONNECTIONS false), since PostgreSQL refuses to copy a
-database someone is connected to. The objects in a template belong to one role of the server
-(`studio_template_owner`, NOLOGIN), so that a copy hands all of them to its tenant's role in
-one REASSIGN OWNED (an ALTER ... OWNER per object cost more than the copy itself).
+database someone is connected to. The objects in a template belong to a role of its own
+(NOLOGIN, one per master, named like its templates), so that a copy hands all of them to its
+tenant's role in one REASSIGN OWNED (an ALTER ... OWNER per object cost more than the copy).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from db.migrations.files import MigrationFile
 from db.migrations.history import SCHEMA
 from db.migrations.runner import RUNNER, Status, run_database
 from db.tenant_catalog import with_database
-from db.tenant_roles import TEMPLATE_OWNER, TenantRole, ensure_template_owner, hand_objects
+from db.tenant_roles import TenantRole, ensure_template_owner, hand_objects
 
 __all__ = [
     "Template",
@@ -47,6 +47,11 @@ TEMPLATE_LOCK = 0x5354_5544_494F_5450  # "STUDIOTP", on the server's postgres da
 class Template:
     name: str
     versions: tuple[int, ...]  # the files it holds
+
+    @property
+    def owner(self) -> str:
+        """The role that owns the objects in it: `<the part its master's templates share>owner`."""
+        return self.name[: self.name.rindex("_") + 1] + "owner"
 
 
 class TemplateError(Exception):
@@ -131,13 +136,15 @@ async def _build(
     if report.status is not Status.APPLIED:
         await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(building))
         raise TemplateError(f"building template {name} failed: {report.as_dict()}")
-    owner = sql.Identifier(await ensure_template_owner(conn))
+    template = Template(name, tuple(f.version for f in files))
+    await ensure_template_owner(conn, template.owner)
+    owner = sql.Identifier(template.owner)
     # Owning the database for a moment lets the role own objects in its schemas (CREATE on
     # public); the administrator takes the database back, or every copy's REASSIGN OWNED
     # would hand the template itself to the copy's role.
     await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(building, owner))
     async with await psycopg.AsyncConnection.connect(with_database(server_url, name)) as built:
-        await hand_objects(built, TEMPLATE_OWNER)  # one transaction, committed as it ends
+        await hand_objects(built, template.owner)  # one transaction, committed as it ends
     await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(building))
     await conn.execute(
         sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(building)
@@ -168,7 +175,7 @@ async def finish_copy(
     it is flushed) before the studio is registered."""
     role = sql.Identifier(role_name)
     statements = [
-        sql.SQL("REASSIGN OWNED BY {} TO {}").format(sql.Identifier(TEMPLATE_OWNER), role),
+        sql.SQL("REASSIGN OWNED BY {} TO {}").format(sql.Identifier(template.owner), role),
         # The owner keeps CONNECT and TEMPORARY: owner rights stay in the explicit ACL.
         sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
             sql.Identifier(conn.info.dbname)
