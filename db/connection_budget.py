@@ -10,7 +10,6 @@ passes straight to the first waiter. All of it is O(1) and in memory.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Callable
 
@@ -47,12 +46,11 @@ class ConnectionBudget:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._waiting += 1
-        self.waits.count += 1
-        started = time.monotonic()
         self.on_full()
         try:
             async with asyncio.timeout(self.wait):
-                await waiter
+                with self.waits.timed():
+                    await waiter
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot just as we gave up: pass it on
@@ -65,8 +63,6 @@ class ConnectionBudget:
                     f"its limit of {self.limit}"
                 ) from None
             raise
-        finally:
-            self.waits.seconds += time.monotonic() - started
 
     def release(self) -> None:
         while self._waiters:

@@ -29,7 +29,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
     from db.connection_budget import ConnectionBudget
     from db.sql import Connection
@@ -46,6 +46,16 @@ class Waits:
 
     count: int = 0
     seconds: float = 0.0
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        """Count one wait and add its seconds, however it ends."""
+        self.count += 1
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds += time.monotonic() - started
 
 
 class PoolTimeout(Exception):
@@ -141,11 +151,10 @@ class ConnectionPool:
         waiter: asyncio.Future[_BudgetedConnection | None]
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        self.waits.count += 1
-        started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout):
-                conn = await waiter
+                with self.waits.timed():
+                    conn = await waiter
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():  # handed something as we gave up
                 self._pass_on(waiter.result())
@@ -157,8 +166,6 @@ class ConnectionPool:
                     f"{self.timeout:g} s"
                 ) from None
             raise
-        finally:
-            self.waits.seconds += time.monotonic() - started
         return conn if conn is not None else await self._new()
 
     def _pass_on(self, conn: _BudgetedConnection | None) -> bool:

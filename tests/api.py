@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
+from google.rpc.error_details_pb2 import BadRequest, ErrorInfo, RetryInfo
 from grpc_status import rpc_status
 
 from studio.v1 import (
@@ -115,12 +115,13 @@ class Failure:
     reason: str
     metadata: dict[str, str]
     fields: dict[str, str]  # field path -> violation reason
+    retry_seconds: float | None = None  # the RetryInfo's delay, when the server gave one
 
 
 def failure(error: grpc.RpcError) -> Failure:
     status = rpc_status.from_call(error)
     assert status is not None, "no google.rpc.Status in the trailers"
-    info, fields = ErrorInfo(), {}
+    info, fields, retry = ErrorInfo(), {}, None
     for detail in status.details:
         if detail.Is(ErrorInfo.DESCRIPTOR):
             detail.Unpack(info)
@@ -128,5 +129,9 @@ def failure(error: grpc.RpcError) -> Failure:
             bad_request = BadRequest()
             detail.Unpack(bad_request)
             fields = {v.field: v.reason for v in bad_request.field_violations}
+        elif detail.Is(RetryInfo.DESCRIPTOR):
+            retry_info = RetryInfo()
+            detail.Unpack(retry_info)
+            retry = retry_info.retry_delay.ToTimedelta().total_seconds()
     assert info.domain == "studio.v1", "every error carries an ErrorInfo"
-    return Failure(error.code(), status.message, info.reason, dict(info.metadata), fields)
+    return Failure(error.code(), status.message, info.reason, dict(info.metadata), fields, retry)

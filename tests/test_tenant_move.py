@@ -24,8 +24,6 @@ from typing import TypeVar
 import grpc
 import psycopg
 import pytest
-from google.rpc.error_details_pb2 import RetryInfo
-from grpc_status import rpc_status
 
 from db.copy_verification import Fingerprint, differences
 from db.local_postgres import free_port
@@ -87,16 +85,6 @@ def setup(databases: Databases, tmp_path: Path) -> Iterator[MoveSetup]:
         server.terminate()
 
 
-def _retry_delay(error: grpc.RpcError) -> float | None:
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else ():
-        if detail.Is(RetryInfo.DESCRIPTOR):
-            info = RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToTimedelta().total_seconds()
-    return None
-
-
 def _retrying(book: Callable[[], T], within: float = 60) -> T:
     """`book()`, again after the RetryInfo delay while it is answered UNAVAILABLE."""
     deadline = time.monotonic() + within
@@ -106,7 +94,7 @@ def _retrying(book: Callable[[], T], within: float = 60) -> T:
         except grpc.RpcError as error:
             if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                 raise
-            time.sleep(_retry_delay(error) or 0.5)
+            time.sleep(failure(error).retry_seconds or 0.5)
 
 
 @dataclass
@@ -135,8 +123,9 @@ class Booker:
                 if error.code() is not grpc.StatusCode.UNAVAILABLE:
                     self.errors.append(f"{error.code().name}: {error.details()}")
                     return
-                delay = _retry_delay(error)
-                self.unavailable.append((failure(error).reason, delay))
+                said = failure(error)
+                delay = said.retry_seconds
+                self.unavailable.append((said.reason, delay))
                 time.sleep(delay if delay is not None else 0.5)
                 continue
             self.acknowledged[request_id] = session.id
@@ -332,7 +321,7 @@ def test_a_move_killed_while_holding_keeps_writes_held_until_it_is_run_again(
             api.client("While held")
         held = failure(refused.value)
         assert (held.code, held.reason) == (grpc.StatusCode.UNAVAILABLE, "TENANT_MOVING")
-        assert _retry_delay(refused.value)
+        assert failure(refused.value).retry_seconds
         resumed = setup.run("tenants", "move", studio.slug, "--to", second_server, "--json")
         assert resumed.returncode == 0, resumed.stderr
         assert json.loads(resumed.stdout)["resumed_from"] == killed_at
